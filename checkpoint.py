@@ -1,0 +1,98 @@
+"""Checkpoints: plain dicts of tensors and Python values, written atomically, read safely.
+
+A checkpoint holds everything needed to rebuild the model (`model_args`, `vocab`,
+`model_state`), so generate.py needs nothing but the file. A "last" checkpoint, written each
+epoch to resume from, also holds the optimizer, scheduler, RNG states and the position in
+the epoch (see demo_tie.py).
+"""
+import os
+import pickle
+import tempfile
+import zipfile
+
+import torch
+
+from model import LSTMLanguageModel
+
+FORMAT = 'lstm-tied-lm/1'
+MODEL_ARGS = ('vocab_size', 'embed_size', 'hidden_size', 'num_layers', 'dropout', 'tied')
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable, unsafe or not ours, worded for the user."""
+
+
+def save_checkpoint(obj, path):
+    """Write `obj` to `path` so that a crash or a full disk never leaves a half-written file
+    there: write a temporary file beside it, flush it to disk, then rename it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def check_writable(path):
+    """Fail now, not after hours of training, if checkpoints cannot be written at `path`."""
+    if os.path.isdir(path):
+        raise CheckpointError(f'cannot write checkpoint {path}: it is a folder')
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise CheckpointError(f'cannot write checkpoint {path}: {e.strerror or e}') from None
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Open a checkpoint with weights_only=True (no arbitrary code runs) and check it is ours."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'{path} is not a checkpoint that can be opened safely '
+                              f'(refused by weights_only loading: {first[:200]})') from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        raise CheckpointError(f'cannot read checkpoint {path}: it is truncated, corrupt or not '
+                              f'a PyTorch file ({type(e).__name__})') from None
+    if not isinstance(ckpt, dict) or ckpt.get('format') != FORMAT:
+        raise CheckpointError(f'{path} is not a checkpoint made by demo_tie.py')
+    _check_model_fields(path, ckpt)
+    return ckpt
+
+
+def _check_model_fields(path, ckpt):
+    args, vocab = ckpt.get('model_args'), ckpt.get('vocab')
+    ok = (isinstance(args, dict) and isinstance(vocab, list)
+          and all(isinstance(w, str) for w in vocab)
+          and isinstance(ckpt.get('model_state'), dict)
+          and all(isinstance(args.get(k), int) and args[k] > 0 for k in MODEL_ARGS[:4])
+          and isinstance(args.get('dropout'), float) and isinstance(args.get('tied'), bool)
+          and args['vocab_size'] == len(vocab))
+    if not ok:
+        raise CheckpointError(f'{path} is damaged: its model description or vocabulary is missing '
+                              'or inconsistent')
+
+
+def build_model(ckpt, device='cpu'):
+    """The model a checkpoint describes, with its weights loaded, on `device`."""
+    model = LSTMLanguageModel(**{k: ckpt['model_args'][k] for k in MODEL_ARGS})
+    try:
+        model.load_state_dict(ckpt['model_state'])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f'checkpoint weights do not fit its model description '
+                              f'({str(e).splitlines()[0][:200]})') from None
+    return model.to(device)
