@@ -39,7 +39,7 @@ METRICS_COLUMNS = ['epoch', 'train_loss', 'train_ppl', 'val_loss', 'val_ppl', 'v
 
 # ---------------------------------------------------------------------------- command line
 
-def _checked(kind, ok, what):
+def checked_number(kind, ok, what):
     def parse(text):
         try:
             value = kind(text)
@@ -51,12 +51,12 @@ def _checked(kind, ok, what):
     return parse
 
 
-positive_int = _checked(int, lambda v: v > 0, 'a positive integer')
-non_negative_int = _checked(int, lambda v: v >= 0, 'an integer >= 0')
-positive_float = _checked(float, lambda v: v > 0, 'a number > 0')
-non_negative_float = _checked(float, lambda v: v >= 0, 'a number >= 0')
-probability = _checked(float, lambda v: 0 <= v < 1, 'a probability in [0, 1)')
-factor = _checked(float, lambda v: 0 < v < 1, 'a factor in (0, 1)')
+positive_int = checked_number(int, lambda v: v > 0, 'a positive integer')
+non_negative_int = checked_number(int, lambda v: v >= 0, 'an integer >= 0')
+positive_float = checked_number(float, lambda v: v > 0, 'a number > 0')
+non_negative_float = checked_number(float, lambda v: v >= 0, 'a number >= 0')
+probability = checked_number(float, lambda v: 0 <= v < 1, 'a probability in [0, 1)')
+factor = checked_number(float, lambda v: 0 < v < 1, 'a factor in (0, 1)')
 
 
 def build_parser():
