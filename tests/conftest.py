@@ -1,0 +1,57 @@
+"""Shared helpers: tiny corpora written into tmp folders, and the real scripts run as
+subprocesses (the way a user runs them)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# A corpus whose next word is always determined: a model that learns it reaches perplexity ~1.
+PATTERN = 'one two three four five six seven eight'
+TINY = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '1', '--batch_size', '4',
+        '--seq_length', '8', '--lr', '0.01', '--dropout', '0.1']
+
+
+def write_corpus(folder, train, valid=None, test=None):
+    """Write train/valid/test.txt (strings) into `folder`; valid and test default to train."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (('train', train), ('valid', valid or train), ('test', test or train)):
+        (folder / f'{name}.txt').write_text(text, encoding='utf-8')
+    return folder
+
+
+def pattern_corpus(folder, train_lines=300, eval_lines=40):
+    return write_corpus(folder, (PATTERN + '\n') * train_lines, (PATTERN + '\n') * eval_lines,
+                        (PATTERN + '\n') * eval_lines)
+
+
+def run_script(script, *args, cwd=None, timeout=300):
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def train_tiny(folder, *extra, epochs=3):
+    """Train on the pattern corpus in `folder`; returns (completed process, checkpoint path)."""
+    folder = Path(folder)
+    corpus = folder / 'corpus'
+    if not corpus.exists():
+        pattern_corpus(corpus)
+    save = folder / 'model.pt'
+    proc = run_script('demo_tie.py', '--data_dir', corpus, *TINY, '--tied', '--epochs', epochs,
+                      '--save_path', save, *extra)
+    return proc, save
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+    """One tiny tied model trained for three epochs, shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp('trained')
+    proc, save = train_tiny(folder)
+    assert proc.returncode == 0, proc.stderr
+    return {'proc': proc, 'checkpoint': save, 'folder': folder, 'corpus': folder / 'corpus'}

@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+import data
+from conftest import write_corpus
+from model import LSTMLanguageModel
+
+
+def test_vocabulary_is_specials_then_training_words_in_first_seen_order(tmp_path):
+    write_corpus(tmp_path, 'b a c\na d b\n', 'a b\n', 'c d\n')
+    corpus = data.load_corpus(tmp_path)
+    assert corpus.vocab == ['<pad>', '<sos>', '<eos>', 'b', 'a', 'c', 'd', '<unk>']
+    assert corpus.vocab[data.PAD] == '<pad>' and corpus.vocab[data.SOS] == '<sos>'
+    assert corpus.vocab[data.EOS] == '<eos>'
+
+
+def test_unk_in_training_text_keeps_its_place(tmp_path):
+    write_corpus(tmp_path, 'x <unk> y\n')
+    assert data.load_corpus(tmp_path).vocab == ['<pad>', '<sos>', '<eos>', 'x', '<unk>', 'y']
+
+
+def test_each_line_becomes_sos_words_eos(tmp_path):
+    write_corpus(tmp_path, 'a b\nc\n')
+    corpus = data.load_corpus(tmp_path)
+    assert [corpus.vocab[i] for i in corpus.train] == ['<sos>', 'a', 'b', '<eos>', '<sos>', 'c', '<eos>']
+
+
+def test_words_missing_from_training_become_unk_and_are_counted(tmp_path):
+    write_corpus(tmp_path, 'a b c\n', 'a zebra b yak\n', 'c c\n')
+    corpus = data.load_corpus(tmp_path)
+    assert [corpus.vocab[i] for i in corpus.valid] == ['<sos>', 'a', '<unk>', 'b', '<unk>', '<eos>']
+    assert corpus.unknown == {'train': 0, 'valid': 2, 'test': 0}
+
+
+def test_windows_and_trailing_spaces_tokenise_like_unix(tmp_path):
+    unix = write_corpus(tmp_path / 'unix', 'a b c\nd e\n')
+    windows = tmp_path / 'win'
+    windows.mkdir()
+    for name in ('train', 'valid', 'test'):
+        (windows / f'{name}.txt').write_bytes(b'a b  c  \r\n d e\t\r\n\r\n')
+    a, b = data.load_corpus(unix), data.load_corpus(windows)
+    assert a.vocab == b.vocab
+    assert torch.equal(a.train, b.train) and torch.equal(a.test, b.test)
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    write_corpus(tmp_path, 'a b\n')
+    (tmp_path / 'valid.txt').write_bytes(b'a b\nc \xff d\n')
+    with pytest.raises(data.DataError, match=r'valid\.txt, line 2: not valid UTF-8'):
+        data.load_corpus(tmp_path)
+
+
+def test_split_of_blank_lines_is_an_error(tmp_path):
+    write_corpus(tmp_path, 'a b\n')
+    (tmp_path / 'test.txt').write_text('\n  \n\r\n')
+    with pytest.raises(data.DataError, match=r'test\.txt is empty'):
+        data.load_corpus(tmp_path)
+
+
+def test_missing_file_and_folder_are_named(tmp_path):
+    with pytest.raises(data.DataError, match='data folder not found'):
+        data.load_corpus(tmp_path / 'nope')
+    (tmp_path / 'train.txt').write_text('a\n')
+    with pytest.raises(data.DataError, match=r'missing data file: .*valid\.txt.*getdata\.sh'):
+        data.load_corpus(tmp_path)
+
+
+def test_batchify_lays_the_stream_out_row_by_row_and_drops_the_tail():
+    rows = data.batchify(torch.arange(23), 4)
+    assert rows.shape == (4, 5)
+    assert rows[1].tolist() == [5, 6, 7, 8, 9]
+    assert rows.flatten().tolist() == list(range(20))
+
+
+def test_windows_shift_targets_by_one_across_window_boundaries():
+    batched = data.batchify(torch.arange(4 * 23), 4)  # 23 steps, seq_length 5: windows 5,5,5,5,2
+    xs, ys = [], []
+    for start in data.window_starts(batched, 5):
+        x, y = data.get_window(batched, start, 5)
+        assert x.shape == y.shape
+        assert torch.equal(y, x + 1)  # the token after each input, also at a window's edge
+        assert x.data_ptr() == batched[:, start].data_ptr()  # a view, not a copy
+        xs.append(x)
+        ys.append(y)
+    assert [x.size(1) for x in xs] == [5, 5, 5, 5, 2]  # the last, shorter window is included
+    assert torch.equal(torch.cat(xs, 1), batched[:, :-1])
+    assert torch.equal(torch.cat(ys, 1), batched[:, 1:])  # every target exactly once
+
+
+def test_evaluation_scores_every_token_once_whatever_the_window(tmp_path):
+    """Hidden state is carried across windows, so cutting the stream into windows of any
+    length must give the same loss as one window over the whole stream."""
+    from demo_tie import evaluate
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(20, 8, 8, 2, 0.0, True)
+    batched = data.batchify(torch.randint(3, 20, (4 * 37,)), 4)
+    whole = evaluate(model, batched, 36)
+    for seq_length in (5, 7, 35):
+        got = evaluate(model, batched, seq_length)
+        assert got == pytest.approx(whole, rel=1e-5)
+
+
+def test_loss_without_sos_leaves_out_exactly_the_sos_targets():
+    from demo_tie import evaluate
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(10, 8, 8, 1, 0.0, False)
+    batched = data.batchify(torch.tensor([1, 4, 5, 2, 1, 6, 2, 1, 7, 8, 9, 2] * 3), 2)
+    loss_all, loss_no_sos = evaluate(model, batched, 4)
+    logits, _ = model(batched[:, :-1], model.init_hidden(2))
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), batched[:, 1:].reshape(-1),
+                                            reduction='none')
+    keep = batched[:, 1:].reshape(-1) != data.SOS
+    assert loss_all == pytest.approx(nll.mean().item(), rel=1e-5)
+    assert loss_no_sos == pytest.approx(nll[keep].mean().item(), rel=1e-5)
