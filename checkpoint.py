@@ -62,9 +62,13 @@ def load_checkpoint(path, map_location='cpu'):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'{path} is not a checkpoint that can be opened safely '
-                              f'(refused by weights_only loading: {first[:200]})') from None
+        # torch's message is long; keep its one line that names what was refused
+        reason = next((line.strip() for line in str(e).splitlines()
+                       if 'Unsupported' in line or 'WeightsUnpickler error' in line), '')
+        reason = reason.replace('WeightsUnpickler error: ', '').split('. ')[0][:200]
+        raise CheckpointError(f'{path} is not a checkpoint that can be opened safely: it asks to '
+                              f'run code when loaded, which weights_only loading refuses'
+                              + (f' ({reason})' if reason else '')) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
         raise CheckpointError(f'cannot read checkpoint {path}: it is truncated, corrupt or not '
                               f'a PyTorch file ({type(e).__name__})') from None

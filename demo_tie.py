@@ -397,7 +397,7 @@ def report_unknown(corpus):
               + ', '.join(f'{s} {n}' for s, n in unknown.items()))
 
 
-def train(args, device):
+def train(args, device, stop):
     best_path = args.save_path
     last_path, metrics_path = companion_paths(best_path)
     check_writable(best_path)
@@ -449,8 +449,6 @@ def train(args, device):
                          'best_val_loss': best_val, 'position': position, 'rng': rng_state()},
                         last_path)
 
-    stop = StopRequest()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     val_loss_of_epoch = None
     try:
         for epoch in range(first_epoch, args.epochs + 1):
@@ -511,13 +509,13 @@ def train(args, device):
         raise RunError(f'could not write a checkpoint: {e.strerror or e} ({e.filename or best_path}). '
                        f'The checkpoints already on disk are unchanged; resume with: '
                        f'{resume_command(last_path)}') from None
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
     if stop.signum:
-        print(f'Training stopped by {stop.name}. {best_path} holds the best model so far; '
-              f'resume with:\n  {resume_command(last_path)}', file=sys.stderr, flush=True)
+        print(f'Training stopped by {stop.name}.', file=sys.stderr, end=' ')
+        if os.path.exists(last_path):
+            print(f'Resume with:\n  {resume_command(last_path)}', file=sys.stderr, flush=True)
+        else:
+            print('No epoch had started, so there is nothing to resume.', file=sys.stderr, flush=True)
         if stop.signum == signal.SIGTERM:
             return 128 + signal.SIGTERM
     if not os.path.exists(best_path):
@@ -539,14 +537,19 @@ def main(argv=None):
     except ValueError as e:
         parser.error(str(e))
     seed_everything(args.seed)
+    stop = StopRequest()  # installed before the data is read, so no signal is lost
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return eval_only(args, device) if args.eval_only else train(args, device)
+        return eval_only(args, device) if args.eval_only else train(args, device, stop)
     except (data.DataError, CheckpointError, RunError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('\nInterrupted.', file=sys.stderr)
         return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == '__main__':
