@@ -1,0 +1,112 @@
+"""generate.py run as a user runs it, on the tiny model trained by the `trained` fixture."""
+import re
+
+import pytest
+import torch
+
+import data
+import generate
+from checkpoint import build_model, load_checkpoint
+from conftest import PATTERN, run_script
+
+ORDER = PATTERN.split()
+
+
+def gen(trained, *args):
+    return run_script('generate.py', '--checkpoint', trained['checkpoint'], *args)
+
+
+def words_of(text):
+    return text.split()
+
+
+def test_continuation_has_num_words_words_from_the_vocabulary(trained):
+    proc = gen(trained, '--seed_text', 'one two', '--num_words', '25', '--seed', '3')
+    assert proc.returncode == 0, proc.stderr
+    words = words_of(proc.stdout)
+    assert words[:2] == ['one', 'two'] and len(words) == 2 + 25
+    vocab = torch.load(trained['checkpoint'], weights_only=True)['vocab']
+    assert set(words) <= set(vocab) - {'<sos>', '<pad>', '<eos>'}
+
+
+def test_same_seed_same_text_other_seed_other_text(trained):
+    args = ('--num_words', '40', '--temperature', '3.0')
+    a, b = gen(trained, *args, '--seed', '1'), gen(trained, *args, '--seed', '1')
+    c = gen(trained, *args, '--seed', '2')
+    assert a.stdout == b.stdout
+    assert a.stdout != c.stdout
+
+
+def test_a_determined_corpus_is_continued_correctly_with_top_k_1(trained):
+    proc = gen(trained, '--seed_text', 'three four', '--num_words', '14', '--top_k', '1')
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().split('\n')
+    # <eos> ends each sentence: "... eight" then a new line starting at "one"
+    assert lines[0] == 'three four five six seven eight'
+    assert lines[1] == PATTERN
+    assert lines[2] == 'one two'
+
+
+def test_stop_at_eos_ends_the_sample_with_the_sentence(trained):
+    proc = gen(trained, '--seed_text', 'five', '--num_words', '30', '--top_k', '1', '--stop_at_eos')
+    assert proc.stdout.strip() == 'five six seven eight'
+
+
+def test_several_samples_are_numbered(trained):
+    proc = gen(trained, '--num_words', '5', '--num_samples', '3', '--seed', '0')
+    assert re.findall(r'^--- sample (\d) of 3 ---$', proc.stdout, re.M) == ['1', '2', '3']
+
+
+def test_unknown_and_respelled_seed_words_are_reported(trained):
+    proc = gen(trained, '--seed_text', 'One zebra TWO', '--num_words', '3', '--seed', '0')
+    assert proc.returncode == 0
+    assert 'not in the vocabulary, read as <unk>: zebra' in proc.stderr
+    assert 'One -> one' in proc.stderr and 'TWO -> two' in proc.stderr
+    assert proc.stdout.startswith('One zebra TWO')
+
+
+def test_numbers_map_to_ptb_n():
+    index = {w: i for i, w in enumerate(['<pad>', '<sos>', '<eos>', '<unk>', 'N', 'the', 'N-year'])}
+    ids, respelled, unknown = generate.map_words(['The', '1990', '3.5', '10-year', 'xyz'], index)
+    assert ids == [5, 4, 4, 6, 3]
+    assert respelled == [('The', 'the'), ('1990', 'N'), ('3.5', 'N'), ('10-year', 'N-year')]
+    assert unknown == ['xyz']
+
+
+def test_sampling_never_gives_pad_or_sos_even_when_the_model_prefers_them(trained):
+    ckpt = load_checkpoint(trained['checkpoint'])
+    model = build_model(ckpt)
+    with torch.no_grad():
+        model.fc.bias[data.SOS] += 100.0  # the model now all but always says <sos>
+        model.fc.bias[data.PAD] += 100.0
+    out = generate.sample(model, [data.SOS, 3], 30, generator=torch.Generator().manual_seed(0))
+    assert data.SOS not in out and data.PAD not in out and len(out) >= 30
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    kept = torch.isfinite(generate.filter_logits(logits, top_p=0.7))
+    assert kept.tolist() == [True, True, False, False]
+    kept = torch.isfinite(generate.filter_logits(logits, top_p=0.1))
+    assert kept.tolist() == [True, False, False, False]
+    kept = torch.isfinite(generate.filter_logits(logits, top_k=3))
+    assert kept.tolist() == [True, True, True, False]
+
+
+@pytest.mark.parametrize('args,message', [
+    (('--temperature', '0'), r'argument --temperature'),
+    (('--temperature', '-1'), r'argument --temperature'),
+    (('--top_p', '0'), r'argument --top_p'),
+    (('--top_p', '1.5'), r'argument --top_p'),
+    (('--num_words', '0'), r'argument --num_words'),
+    (('--top_k', '-2'), r'argument --top_k'),
+])
+def test_bad_flags_fail_cleanly(trained, args, message):
+    proc = gen(trained, *args)
+    assert proc.returncode == 2 and re.search(message, proc.stderr) and 'Traceback' not in proc.stderr
+
+
+def test_missing_checkpoint_fails_cleanly(tmp_path):
+    proc = run_script('generate.py', '--checkpoint', tmp_path / 'none.pt')
+    assert proc.returncode == 1 and 'checkpoint not found' in proc.stderr
+    assert 'Traceback' not in proc.stderr
