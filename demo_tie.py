@@ -127,7 +127,7 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
     which would make the CPU wait for the GPU. `forward` is the model, or a compiled version
     of it. Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
     """
-    forward = forward or model
+    forward = model if forward is None else forward
     device = train_data.device
     starts = data.window_starts(train_data, seq_length)
     if losses is None:
@@ -191,7 +191,7 @@ def evaluate(model, eval_data, seq_length, *, forward=None, autocast_dtype=None,
     `<sos>` always follows `<eos>`, so it is nearly free to predict and lowers the average;
     the literature's PTB figures (Mikolov's protocol) score words and `<eos>` only.
     """
-    forward = forward or model
+    forward = model if forward is None else forward
     model.eval()
     hidden = model.init_hidden(eval_data.size(0))
     total_all = torch.zeros((), device=eval_data.device)

@@ -1,0 +1,169 @@
+"""Measure the trainer's own code: training and evaluation tokens/s, generation words/s, peak memory.
+
+    python bench.py                        # the reference configuration (2x650 tied, batch 20, seq 30)
+    python bench.py --embed_size 200 --hidden_size 200 --windows 50 --json bench.json
+    python bench.py --compare_example      # also time the word_language_model example's loop
+
+It imports train_epoch, evaluate and sample, so it times exactly what demo_tie.py and
+generate.py run. PTB is used when data/penn exists, else random tokens over a vocabulary of
+the same size. It is a measurement, not a test: nothing here asserts a speed.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+from demo_tie import (make_optimizer, non_negative_int, positive_int, probability, seed_everything,
+                      train_epoch, evaluate)
+from generate import sample
+from model import LSTMLanguageModel, detach_hidden, pick_device
+
+PTB_VOCAB = 10002
+
+
+def example_train(model, train_data, optimizer, seq_length, clip):
+    """The training loop of PyTorch's word_language_model example, kept as the baseline the
+    trainer is compared with (and checked against in tests/test_speed.py): the model's layers
+    called one by one as in a plain forward, log_softmax then NLLLoss, gradients zeroed with
+    zero_grad(), the loss read with .item() every window."""
+    criterion = nn.NLLLoss()
+    model.train()
+    hidden = model.init_hidden(train_data.size(0))
+    losses = []
+    for start in data.window_starts(train_data, seq_length):
+        x, y = data.get_window(train_data, start, seq_length)
+        model.zero_grad()
+        hidden = detach_hidden(hidden)
+        output, hidden = model.lstm(model.dropout(model.embedding(x)), hidden)
+        logits = model.fc(model.dropout(output))
+        loss = criterion(F.log_softmax(logits, dim=-1).view(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    elif device.type == 'mps':
+        torch.mps.synchronize()
+
+
+def timed(fn, device, repeats, warmup):
+    """Seconds of each of `repeats` calls of fn(), after `warmup` calls that are not counted."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def token_stream(n_tokens):
+    penn = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'penn')
+    if os.path.exists(os.path.join(penn, 'train.txt')):
+        corpus = data.load_corpus(penn)
+        return corpus.train[:n_tokens], len(corpus.vocab), 'PTB train'
+    return torch.randint(3, PTB_VOCAB, (n_tokens,)), PTB_VOCAB, 'random tokens'
+
+
+def peak_memory_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return kb / 1024 if sys.platform != 'darwin' else kb / 2**20
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description='Benchmark the trainer, evaluator and generator')
+    p.add_argument('--embed_size', type=positive_int, default=650)
+    p.add_argument('--hidden_size', type=positive_int, default=650)
+    p.add_argument('--num_layers', type=positive_int, default=2)
+    p.add_argument('--dropout', type=probability, default=0.5)
+    p.add_argument('--batch_size', type=positive_int, default=20)
+    p.add_argument('--seq_length', type=positive_int, default=30)
+    p.add_argument('--tied', action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--windows', type=positive_int, default=20, help='Training windows per repeat')
+    p.add_argument('--repeats', type=positive_int, default=5)
+    p.add_argument('--warmup', type=non_negative_int, default=1, help='Repeats run first and not counted')
+    p.add_argument('--gen_words', type=positive_int, default=200)
+    p.add_argument('--compare_example', action='store_true', help="Also time the word_language_model example's loop")
+    p.add_argument('--json', metavar='FILE', help='Also write the results as JSON')
+    args = p.parse_args(argv)
+    if args.tied and args.embed_size != args.hidden_size:
+        p.error('--tied needs --embed_size equal to --hidden_size (or pass --no-tied)')
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
+
+    seed_everything(0)
+    steps = args.windows * args.seq_length + 1
+    stream, vocab_size, source = token_stream(steps * args.batch_size)
+    batched = data.batchify(stream, args.batch_size).to(device)
+    model = LSTMLanguageModel(vocab_size, args.embed_size, args.hidden_size, args.num_layers,
+                              args.dropout, args.tied).to(device)
+    optimizer = make_optimizer(model, 1e-3, 1e-5)
+    tokens = batched.size(0) * (batched.size(1) - 1)
+
+    results = {}
+
+    def record(name, times, amount, unit):
+        rates = sorted(amount / t for t in times)
+        results[name] = {'median': statistics.median(rates), 'min': rates[0], 'max': rates[-1],
+                         'unit': unit, 'repeats': len(rates)}
+
+    record('train', timed(lambda: train_epoch(model, batched, optimizer, args.seq_length, 5.0),
+                          device, args.repeats, args.warmup), tokens, 'tokens/s')
+    if args.compare_example:
+        baseline_optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=True)
+        record('train (word_language_model loop)',
+               timed(lambda: example_train(model, batched, baseline_optimizer, args.seq_length, 5.0),
+                     device, args.repeats, args.warmup), tokens, 'tokens/s')
+    record('evaluate', timed(lambda: evaluate(model, batched, args.seq_length), device,
+                             args.repeats, args.warmup), tokens, 'tokens/s')
+    prompt = [data.SOS] + stream[:10].tolist()
+    generator = torch.Generator(device=device).manual_seed(0)
+    record('generate', timed(lambda: sample(model, prompt, args.gen_words, generator=generator),
+                             device, args.repeats, args.warmup), args.gen_words, 'words/s')
+
+    config = (f'{args.num_layers}x{args.hidden_size} {"tied" if args.tied else "untied"}, embed '
+              f'{args.embed_size}, batch {args.batch_size}, seq {args.seq_length}, vocab {vocab_size} '
+              f'({source}), {args.windows} windows a repeat')
+    machine = (f'{device} ({torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()}, '
+               f'{torch.get_num_threads()} threads), torch {torch.__version__}')
+    print(f'config:  {config}')
+    print(f'machine: {machine}')
+    print(f'{"measure":<34} {"median":>12} {"min":>12} {"max":>12}  unit')
+    for name, r in results.items():
+        print(f'{name:<34} {r["median"]:>12.1f} {r["min"]:>12.1f} {r["max"]:>12.1f}  {r["unit"]}')
+    if args.compare_example:
+        ratio = results['train']['median'] / results['train (word_language_model loop)']['median']
+        print(f'{"train speed-up over the example":<34} {ratio:>12.3f}x')
+    peak = peak_memory_mb(device)
+    print(f'{"peak memory":<34} {peak:>12.1f} {"":>12} {"":>12}  MiB ({"CUDA allocated" if device.type == "cuda" else "process RSS"})')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'config': config, 'machine': machine, 'results': results,
+                       'peak_memory_mib': peak, 'args': vars(args)}, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
