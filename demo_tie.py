@@ -203,7 +203,7 @@ def evaluate(model, eval_data, seq_length, *, forward=None, autocast_dtype=None,
             logits, hidden = forward(x, hidden)
             nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction='none')
         total_all += nll.sum()
-        total_no_sos += nll[y.reshape(-1) != data.SOS].sum()
+        total_no_sos += nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum()  # no boolean indexing: it waits for the GPU
         on_window(k)
     targets = eval_data[:, 1:]
     return (float(total_all) / targets.numel(),

@@ -34,10 +34,12 @@ class LSTMLanguageModel(nn.Module):
     def forward(self, x, hidden):
         """x: (batch, time) word ids -> logits (batch, time, vocab), new hidden state."""
         # Tied, the shared matrix gets a dense gradient from the decoder anyway; the
-        # embedding's share touches only this window's rows, so it is handed over sparse and
-        # added row by row instead of as a second dense, mostly-zero matrix (same gradient,
-        # about a tenth less time per step on a CPU at 2x650).
-        emb = self.dropout(F.embedding(x, self.embedding.weight, sparse=self.tied))
+        # embedding's share touches only this window's rows, so on a CPU it is handed over
+        # sparse and added row by row instead of as a second dense, mostly-zero matrix (same
+        # gradient, about a tenth less time per step at 2x650). On a GPU the dense way costs
+        # microseconds, and sparse gradients would make it wait for the device each step.
+        sparse = self.tied and x.device.type == 'cpu'
+        emb = self.dropout(F.embedding(x, self.embedding.weight, sparse=sparse))
         output, hidden = self.lstm(emb, hidden)
         return self.fc(self.dropout(output)), hidden
 

@@ -1,0 +1,82 @@
+"""Draw validation perplexity against epoch and against training time from demo_tie.py's CSVs.
+
+    python plot.py runs/tied_200.csv runs/untied_200.csv -o docs/tied_vs_untied.png
+
+One line per CSV, labelled with the file's name. Needs matplotlib (pip install matplotlib),
+which nothing else in the project uses.
+"""
+import argparse
+import csv
+import os
+import sys
+
+REQUIRED = ('epoch', 'val_ppl', 'seconds')
+
+
+class CurveError(Exception):
+    pass
+
+
+def read_curve(path):
+    """(epochs, validation perplexities, cumulative seconds) of one metrics CSV."""
+    try:
+        with open(path, newline='') as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise CurveError(f'cannot read {path}: {getattr(e, "strerror", None) or e}') from None
+    if not rows or any(c not in rows[0] for c in REQUIRED):
+        raise CurveError(f'{path} is not a metrics CSV from demo_tie.py '
+                         f'(it needs the columns {", ".join(REQUIRED)} and at least one row)')
+    epochs, ppl, clock, elapsed = [], [], [], 0.0
+    for line, row in enumerate(rows, start=2):
+        try:
+            epochs.append(int(row['epoch']))
+            ppl.append(float(row['val_ppl']))
+            elapsed += float(row['seconds'])
+        except (TypeError, ValueError):
+            raise CurveError(f'{path}, line {line}: malformed row') from None
+        clock.append(elapsed)
+    return epochs, ppl, clock
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Plot validation perplexity curves')
+    parser.add_argument('csv', nargs='+', help='metrics CSVs written by demo_tie.py')
+    parser.add_argument('-o', '--output', default='curves.png', help='image to write (PNG, SVG, PDF)')
+    args = parser.parse_args(argv)
+    try:
+        curves = [(os.path.splitext(os.path.basename(p))[0], read_curve(p)) for p in args.csv]
+    except CurveError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('error: plot.py needs matplotlib: pip install matplotlib', file=sys.stderr)
+        return 1
+
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for label, (epochs, ppl, clock) in curves:
+        by_epoch.plot(epochs, ppl, marker='o', label=label)
+        by_time.plot([s / 60 for s in clock], ppl, marker='o', label=label)
+    by_epoch.set_xlabel('epoch')
+    by_time.set_xlabel('training time (minutes, cumulative)')
+    by_epoch.set_ylabel('validation perplexity (log scale)')
+    for ax in (by_epoch, by_time):
+        ax.set_yscale('log')  # perplexity falls fast early, slowly later: log keeps both readable
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(args.output, dpi=120)
+    except (OSError, ValueError) as e:
+        print(f'error: cannot write {args.output}: {e}', file=sys.stderr)
+        return 1
+    print(f'wrote {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""plot.py on real metrics CSVs written by the trainer."""
+import importlib.util
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_script
+
+has_matplotlib = importlib.util.find_spec('matplotlib') is not None
+
+
+@pytest.mark.skipif(not has_matplotlib, reason='matplotlib not installed (optional)')
+def test_plot_writes_a_png_from_two_runs(trained, tmp_path):
+    first = tmp_path / 'tied.csv'
+    second = tmp_path / 'other.csv'
+    shutil.copy(trained['folder'] / 'model.csv', first)
+    shutil.copy(trained['folder'] / 'model.csv', second)
+    out = tmp_path / 'curves.png'
+    proc = run_script('plot.py', first, second, '-o', out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_missing_csv_fails_cleanly(tmp_path):
+    proc = run_script('plot.py', tmp_path / 'none.csv', '-o', tmp_path / 'x.png')
+    assert proc.returncode == 1 and 'cannot read' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('text', ['', 'a,b\n1,2\n', 'epoch,val_ppl,seconds\n1,abc,3\n'])
+def test_malformed_csv_fails_cleanly(tmp_path, text):
+    bad = tmp_path / 'bad.csv'
+    bad.write_text(text)
+    proc = run_script('plot.py', bad, '-o', tmp_path / 'x.png')
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert 'not a metrics CSV' in proc.stderr or 'malformed row' in proc.stderr
+    assert not (tmp_path / 'x.png').exists()
+
+
+def test_without_matplotlib_it_says_how_to_install_it(trained, tmp_path):
+    # -S leaves site-packages out, so matplotlib cannot be imported (plot.py needs only the stdlib)
+    proc = subprocess.run([sys.executable, '-S', str(ROOT / 'plot.py'), str(trained['folder'] / 'model.csv'),
+                           '-o', str(tmp_path / 'x.png')], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert 'pip install matplotlib' in proc.stderr and 'Traceback' not in proc.stderr
