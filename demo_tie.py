@@ -203,7 +203,8 @@ def evaluate(model, eval_data, seq_length, *, forward=None, autocast_dtype=None,
             logits, hidden = forward(x, hidden)
             nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction='none')
         total_all += nll.sum()
-        total_no_sos += nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum()  # no boolean indexing: it waits for the GPU
+        # masked_fill, not boolean indexing, which would make the CPU wait for the GPU
+        total_no_sos += nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum()
         on_window(k)
     targets = eval_data[:, 1:]
     return (float(total_all) / targets.numel(),
@@ -265,6 +266,19 @@ def check_resumable(ckpt, path, args, vocab):
     if differ:
         saved = ' '.join(f'--{k} {ckpt["args"].get(k)}' for k in differ if k != 'vocab_size')
         raise CheckpointError(f'{path} was made with other settings: {saved}; pass the same ones')
+
+
+def restore(ckpt, model, optimizer, scheduler, scaler):
+    """Load a last checkpoint's state; returns (first epoch to run, best validation loss,
+    position in that epoch or None)."""
+    model.load_state_dict(ckpt['model_state'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    scheduler.load_state_dict(ckpt['scheduler'])
+    if scaler is not None and ckpt.get('scaler'):
+        scaler.load_state_dict(ckpt['scaler'])
+    set_rng_state(ckpt['rng'])
+    position = ckpt['position']
+    return ckpt['epoch'] + (1 if position is None else 0), ckpt['best_val_loss'], position
 
 
 class MetricsLog:
@@ -345,7 +359,15 @@ def warn(message):
 
 
 def resume_command(last_path):
-    argv = [a for a in sys.argv[1:] if a != '--resume']
+    """This run's command line with `--resume last_path` in place of any --resume it had."""
+    argv, rest = [], iter(sys.argv[1:])
+    for arg in rest:
+        if arg == '--resume':
+            next_arg = next(rest, None)
+            if next_arg is not None and next_arg.startswith('-'):
+                argv.append(next_arg)
+        elif not arg.startswith('--resume='):
+            argv.append(arg)
     return ' '.join(['python', 'demo_tie.py'] + [shlex.quote(a) for a in argv]
                     + ['--resume', shlex.quote(last_path)])
 
@@ -379,10 +401,10 @@ def eval_only(args, device):
     report_unknown(corpus)
     print(f'Evaluating {args.save_path} (epoch {ckpt.get("epoch")}, --batch_size {batch_size} '
           f'--seq_length {seq_length} as in training)')
-    valid_data = data.batchify(corpus.valid, batch_size).to(device)
-    test_data = data.batchify(corpus.test, batch_size).to(device)
     for name, stream in (('valid', corpus.valid), ('test', corpus.test)):
         data.check_size(name, stream, batch_size)
+    valid_data = data.batchify(corpus.valid, batch_size).to(device)
+    test_data = data.batchify(corpus.test, batch_size).to(device)
     val_loss, val_no_sos = evaluate(model, valid_data, seq_length)
     print(f'Validation Loss: {val_loss:.4f}, Validation Perplexity: {perplexity(val_loss):.4f}')
     print_validation_no_sos(val_no_sos)
@@ -430,26 +452,19 @@ def train(args, device, stop):
     first_epoch, best_val, position = 1, math.inf, None
     if resume_path is not None:
         check_resumable(ckpt, resume_path, args, corpus.vocab)
-        model.load_state_dict(ckpt['model_state'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
-        if scaler is not None and ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        best_val, position = ckpt['best_val_loss'], ckpt['position']
-        first_epoch = ckpt['epoch'] + (1 if position is None else 0)
-        set_rng_state(ckpt['rng'])
+        first_epoch, best_val, position = restore(ckpt, model, optimizer, scheduler, scaler)
         where = f'epoch {first_epoch}, window {position["window"] + 1}' if position else f'epoch {first_epoch}'
         print(f'Resuming from {resume_path} at {where}', flush=True)
     metrics = MetricsLog(metrics_path, resume_after=(first_epoch - 1) if resume_path else None)
 
-    def save_last(epoch, position):
-        save_checkpoint({**best_checkpoint(model, corpus.vocab, args, epoch, val_loss_of_epoch),
+    def save_last(epoch, val_loss, position):
+        save_checkpoint({**best_checkpoint(model, corpus.vocab, args, epoch, val_loss),
                          'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
                          'scaler': scaler.state_dict() if scaler is not None else None,
                          'best_val_loss': best_val, 'position': position, 'rng': rng_state()},
                         last_path)
 
-    val_loss_of_epoch = None
+    val_loss = None
     try:
         for epoch in range(first_epoch, args.epochs + 1):
             if stop.signum:
@@ -478,13 +493,12 @@ def train(args, device, stop):
                         f'(now {args.clip}). {best_path} is unchanged.') from None
             train_seconds = seconds + time.time() - t0
             if result.next_window < n_windows:  # stopped by a signal in mid-epoch
-                save_last(epoch, {'window': result.next_window, 'hidden': detach_hidden(result.hidden),
+                save_last(epoch, val_loss, {'window': result.next_window, 'hidden': detach_hidden(result.hidden),
                                   'losses': result.losses, 'seconds': train_seconds})
                 break
 
             val_loss, val_no_sos = evaluate(model, valid_data, args.seq_length, forward=forward,
                                             autocast_dtype=autocast_dtype)
-            val_loss_of_epoch = val_loss
             elapsed = seconds + time.time() - t0
             print(f'Epoch: {epoch}, Validation Loss: {val_loss:.4f}, Validation Perplexity: '
                   f'{perplexity(val_loss):.4f}, Time: {int(elapsed // 60)}m {int(elapsed % 60)}s')
@@ -504,7 +518,7 @@ def train(args, device, stop):
                             'val_ppl_no_sos': f'{perplexity(val_no_sos):.4f}', 'lr': lrs[0],
                             'seconds': f'{elapsed:.2f}',
                             'train_tokens_per_s': f'{train_data.numel() / train_seconds:.1f}'})
-            save_last(epoch, None)
+            save_last(epoch, val_loss, None)
     except OSError as e:
         raise RunError(f'could not write a checkpoint: {e.strerror or e} ({e.filename or best_path}). '
                        f'The checkpoints already on disk are unchanged; resume with: '
