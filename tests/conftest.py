@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Tiny models gain nothing from several threads, and threads of concurrent runs fighting for
+# two cores make everything crawl: one thread each, here and in every subprocess.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
