@@ -139,7 +139,7 @@ def main(argv=None):
     record('evaluate', timed(lambda: evaluate(model, batched, args.seq_length), device,
                              args.repeats, args.warmup), tokens, 'tokens/s')
     prompt = [data.SOS] + stream[:10].tolist()
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     record('generate', timed(lambda: sample(model, prompt, args.gen_words, generator=generator),
                              device, args.repeats, args.warmup), args.gen_words, 'words/s')
 

@@ -12,6 +12,7 @@ import zipfile
 
 import torch
 
+from data import SPECIALS, UNK
 from model import LSTMLanguageModel
 
 FORMAT = 'lstm-tied-lm/1'
@@ -82,6 +83,7 @@ def _check_model_fields(path, ckpt):
     args, vocab = ckpt.get('model_args'), ckpt.get('vocab')
     ok = (isinstance(args, dict) and isinstance(vocab, list)
           and all(isinstance(w, str) for w in vocab)
+          and vocab[:len(SPECIALS)] == SPECIALS and UNK in vocab
           and isinstance(ckpt.get('model_state'), dict)
           and all(isinstance(args.get(k), int) and args[k] > 0 for k in MODEL_ARGS[:4])
           and isinstance(args.get('dropout'), float) and isinstance(args.get('tied'), bool)

@@ -55,7 +55,8 @@ def map_words(words, index):
 def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
     """Scale by temperature, then keep only the top_k words and the nucleus of mass top_p;
     the rest get -inf."""
-    logits = logits / temperature
+    # shifting the largest score to 0 first keeps a tiny temperature from overflowing to inf
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k).values[..., -1, None]
         logits = logits.masked_fill(logits < kth, float('-inf'))
@@ -76,13 +77,15 @@ def sample(model, prompt_ids, num_words, *, temperature=1.0, top_k=0, top_p=1.0,
     carries the hidden state, so a word costs the same however long the text is."""
     model.eval()
     device = model.fc.weight.device
-    never = torch.zeros(model.fc.out_features, dtype=torch.bool, device=device)
+    never = torch.zeros(model.fc.out_features, dtype=torch.bool)
     never[[data.PAD, data.SOS]] = True
     hidden = model.init_hidden(1)
     logits, hidden = model(torch.tensor([prompt_ids], device=device), hidden)
     last, out, words = prompt_ids[-1], [], 0
     while words < num_words:
-        scores = logits[0, -1].float().masked_fill(never, float('-inf'))
+        # Sampled on the CPU in float64: any temperature > 0 works (MPS has no float64), and
+        # a seed gives the same draws on every device.
+        scores = logits[0, -1].cpu().double().masked_fill(never, float('-inf'))
         if last == data.SOS:  # training text has no empty sentences
             scores[data.EOS] = float('-inf')
         scores = filter_logits(scores, temperature, top_k, top_p)
@@ -136,7 +139,7 @@ def main(argv=None):
     if unknown:
         print('note: not in the vocabulary, read as <unk>: ' + ', '.join(unknown), file=sys.stderr)
 
-    generator = torch.Generator(device=device)
+    generator = torch.Generator()
     generator.manual_seed(args.seed if args.seed is not None else torch.seed())
     for n in range(args.num_samples):
         if args.num_samples > 1:

@@ -110,3 +110,9 @@ def test_missing_checkpoint_fails_cleanly(tmp_path):
     proc = run_script('generate.py', '--checkpoint', tmp_path / 'none.pt')
     assert proc.returncode == 1 and 'checkpoint not found' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_a_tiny_temperature_samples_the_likeliest_word(trained):
+    proc = gen(trained, '--seed_text', 'six', '--num_words', '3', '--temperature', '1e-300', '--seed', '0')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ['six', 'seven', 'eight', 'one']
