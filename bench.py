@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from demo_tie import (make_optimizer, non_negative_int, positive_int, probability, seed_everything,
+from demo_tie import (keep_freed_memory, make_optimizer, non_negative_int, positive_int, probability, seed_everything,
                       train_epoch, evaluate)
 from generate import sample
 from model import LSTMLanguageModel, detach_hidden, pick_device
@@ -60,17 +60,19 @@ def sync(device):
         torch.mps.synchronize()
 
 
-def timed(fn, device, repeats, warmup):
-    """Seconds of each of `repeats` calls of fn(), after `warmup` calls that are not counted."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+def timed(fns, device, repeats, warmup):
+    """Seconds of each of `repeats` calls of every function in `fns` (name -> fn), after
+    `warmup` calls that are not counted. The functions take turns within each repeat, so a
+    machine that slows down or speeds up during the run affects them alike."""
+    times = {name: [] for name in fns}
+    for repeat in range(warmup + repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if repeat >= warmup:
+                times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -114,6 +116,7 @@ def main(argv=None):
         p.error(str(e))
 
     seed_everything(0)
+    keep_freed_memory()  # as demo_tie.py does
     steps = args.windows * args.seq_length + 1
     stream, vocab_size, source = token_stream(steps * args.batch_size)
     batched = data.batchify(stream, args.batch_size).to(device)
@@ -129,19 +132,21 @@ def main(argv=None):
         results[name] = {'median': statistics.median(rates), 'min': rates[0], 'max': rates[-1],
                          'unit': unit, 'repeats': len(rates)}
 
-    record('train', timed(lambda: train_epoch(model, batched, optimizer, args.seq_length, 5.0),
-                          device, args.repeats, args.warmup), tokens, 'tokens/s')
+    training = {'train': lambda: train_epoch(model, batched, optimizer, args.seq_length, 5.0)}
     if args.compare_example:
         baseline_optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=True)
-        record('train (word_language_model loop)',
-               timed(lambda: example_train(model, batched, baseline_optimizer, args.seq_length, 5.0),
-                     device, args.repeats, args.warmup), tokens, 'tokens/s')
-    record('evaluate', timed(lambda: evaluate(model, batched, args.seq_length), device,
-                             args.repeats, args.warmup), tokens, 'tokens/s')
+        training['train (word_language_model loop)'] = lambda: example_train(
+            model, batched, baseline_optimizer, args.seq_length, 5.0)
+    for name, times in timed(training, device, args.repeats, args.warmup).items():
+        record(name, times, tokens, 'tokens/s')
+    times = timed({'evaluate': lambda: evaluate(model, batched, args.seq_length)},
+                  device, args.repeats, args.warmup)
+    record('evaluate', times['evaluate'], tokens, 'tokens/s')
     prompt = [data.SOS] + stream[:10].tolist()
     generator = torch.Generator().manual_seed(0)
-    record('generate', timed(lambda: sample(model, prompt, args.gen_words, generator=generator),
-                             device, args.repeats, args.warmup), args.gen_words, 'words/s')
+    times = timed({'generate': lambda: sample(model, prompt, args.gen_words, generator=generator)},
+                  device, args.repeats, args.warmup)
+    record('generate', times['generate'], args.gen_words, 'words/s')
 
     config = (f'{args.num_layers}x{args.hidden_size} {"tied" if args.tied else "untied"}, embed '
               f'{args.embed_size}, batch {args.batch_size}, seq {args.seq_length}, vocab {vocab_size} '

@@ -12,8 +12,10 @@ Files written beside --save_path (best_model.pt by default):
 """
 import argparse
 import csv
+import ctypes
 import math
 import os
+import platform
 import random
 import shlex
 import signal
@@ -108,13 +110,31 @@ class EpochResult(NamedTuple):
     next_window: int      # == number of windows when the epoch ran to its end
 
 
+def keep_freed_memory():
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the system.
+
+    A CPU step allocates and frees tensors of tens of MB (logits, the decoder's gradient);
+    by default glibc serves each from fresh pages that the kernel must fault in and zero,
+    every window. Serving them from the heap and never trimming it made a 2x650 step about
+    4% faster on the 2-core development machine (PyTorch's CPU tuning guide suggests
+    jemalloc or tcmalloc for the same reason). Elsewhere than glibc this does nothing.
+    """
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc = ctypes.CDLL(None)
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed value on 64-bit
+    libc.mallopt(M_TRIM_THRESHOLD, 2**30)
+
+
 def make_optimizer(model, lr, weight_decay):
     """Adam in one fused kernel where this PyTorch has it for the model's device (the same
-    update, a few passes over memory fewer), else the multi-tensor version."""
+    update, a few passes over memory fewer), else PyTorch's default (multi-tensor where
+    the device supports it)."""
     try:
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
@@ -148,7 +168,7 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
             scaler.unscale_(optimizer)
         else:
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # multi-tensor where supported
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -551,6 +571,7 @@ def main(argv=None):
     except ValueError as e:
         parser.error(str(e))
     seed_everything(args.seed)
+    keep_freed_memory()
     stop = StopRequest()  # installed before the data is read, so no signal is lost
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -53,6 +53,7 @@ def main(argv=None):
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         print('error: plot.py needs matplotlib: pip install matplotlib', file=sys.stderr)
         return 1
@@ -66,6 +67,9 @@ def main(argv=None):
     by_epoch.set_ylabel('validation perplexity (log scale)')
     for ax in (by_epoch, by_time):
         ax.set_yscale('log')  # perplexity falls fast early, slowly later: log keeps both readable
+        plain = FuncFormatter(lambda value, _: f'{value:g}')  # 140, not 1.4 x 10^2
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         ax.grid(True, which='both', alpha=0.3)
         ax.legend()
     fig.tight_layout()
