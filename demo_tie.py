@@ -490,9 +490,10 @@ def train(args, device, stop):
             if stop.signum:
                 break
             start, hidden, losses, seconds = 0, None, None, 0.0
-            if position is not None:
-                start, hidden, losses, seconds = (position['window'], tuple(h.to(device) for h in position['hidden']),
-                                                  position['losses'].to(device), position['seconds'])
+            if position is not None:  # resuming in mid-epoch
+                start, seconds = position['window'], position['seconds']
+                hidden = tuple(h.to(device) for h in position['hidden'])
+                losses = position['losses'].to(device)
                 position = None
             t0 = time.time()
             with tqdm(total=n_windows, initial=start, desc=f'Epoch {epoch}', file=sys.stderr,
@@ -513,8 +514,9 @@ def train(args, device, stop):
                         f'(now {args.clip}). {best_path} is unchanged.') from None
             train_seconds = seconds + time.time() - t0
             if result.next_window < n_windows:  # stopped by a signal in mid-epoch
-                save_last(epoch, val_loss, {'window': result.next_window, 'hidden': detach_hidden(result.hidden),
-                                  'losses': result.losses, 'seconds': train_seconds})
+                save_last(epoch, val_loss, {'window': result.next_window, 'losses': result.losses,
+                                            'hidden': detach_hidden(result.hidden),
+                                            'seconds': train_seconds})
                 break
 
             val_loss, val_no_sos = evaluate(model, valid_data, args.seq_length, forward=forward,
@@ -540,7 +542,7 @@ def train(args, device, stop):
                             'train_tokens_per_s': f'{train_data.numel() / train_seconds:.1f}'})
             save_last(epoch, val_loss, None)
     except OSError as e:
-        raise RunError(f'could not write a checkpoint: {e.strerror or e} ({e.filename or best_path}). '
+        raise RunError(f'could not write {e.filename or "a checkpoint"}: {e.strerror or e}. '
                        f'The checkpoints already on disk are unchanged; resume with: '
                        f'{resume_command(last_path)}') from None
 
@@ -552,8 +554,8 @@ def train(args, device, stop):
             print('No epoch had started, so there is nothing to resume.', file=sys.stderr, flush=True)
         if stop.signum == signal.SIGTERM:
             return 128 + signal.SIGTERM
-    if not os.path.exists(best_path):
-        raise RunError(f'no epoch finished, so there is no best model to test')
+    if math.isinf(best_val):  # a best_model.pt on disk now would be some earlier run's
+        raise RunError('no epoch finished, so there is no best model to test')
     model.load_state_dict(load_checkpoint(best_path, map_location=device)['model_state'])
     print_test_block(model, test_data, args.seq_length, forward=forward, autocast_dtype=autocast_dtype)
     return 0

@@ -197,7 +197,20 @@ def test_failed_write_at_end_of_epoch_keeps_the_previous_checkpoints(tmp_path, m
                             '--save_path', str(save), '--resume'])
     err = capsys.readouterr().err
     assert status == 1
-    assert 'could not write a checkpoint: No space left on device' in err
+    assert 'could not write a checkpoint: No space left on device' in err, err
     assert 'resume with: python demo_tie.py' in err
     assert {p: p.read_bytes() for p in (save, last)} == before
     assert sorted(os.listdir(tmp_path)) == ['corpus', 'model.csv', 'model.last.pt', 'model.pt']
+
+
+def test_ctrl_c_before_any_epoch_ends_does_not_test_an_older_runs_model(tmp_path, long_corpus, trained):
+    os.symlink(long_corpus[0] / 'corpus', tmp_path / 'corpus')
+    (tmp_path / 'model.pt').write_bytes(Path(trained['checkpoint']).read_bytes())  # an earlier run's
+    proc = start_training(tmp_path, '--epochs', '3')
+    wait_for_training(proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert 'no epoch finished, so there is no best model to test' in err
+    assert 'Test Loss' not in out and 'Traceback' not in err
+    assert 'Resume with' in err  # the position in epoch 1 was saved
