@@ -154,7 +154,7 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         losses = torch.zeros(len(starts), device=device)
     if hidden is None:
         hidden = model.init_hidden(train_data.size(0))
-    checked = start
+    checked, reported_sum = start, 0.0
     model.train()
     for k in range(start, len(starts)):
         x, y = data.get_window(train_data, starts[k], seq_length)
@@ -179,12 +179,12 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         stopping = should_stop()
         running_loss = None
         if k + 1 - checked >= REFRESH_EVERY or k + 1 == len(starts) or stopping:
-            recent = losses[checked:k + 1]
-            finite = torch.isfinite(recent)
-            if not bool(finite.all()):
-                raise NonFiniteLoss(checked + int((~finite).nonzero()[0]) + 1)
-            checked = k + 1
-            running_loss = float(losses[start:k + 1].mean())
+            recent = losses[checked:k + 1].tolist()  # the one read from the device
+            bad = next((i for i, value in enumerate(recent) if not math.isfinite(value)), None)
+            if bad is not None:
+                raise NonFiniteLoss(checked + bad + 1)
+            checked, reported_sum = k + 1, reported_sum + sum(recent)
+            running_loss = reported_sum / (k + 1 - start)
         on_window(k, running_loss)
         if stopping:
             return EpochResult(losses, hidden, k + 1)

@@ -7,7 +7,7 @@ import torch
 
 import data
 from bench import example_train
-from conftest import PATTERN, run_script, train_tiny
+from conftest import run_script, train_tiny
 from demo_tie import make_optimizer, seed_everything, train_epoch
 from model import LSTMLanguageModel
 

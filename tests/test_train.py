@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from conftest import PATTERN, TINY, pattern_corpus, run_script, train_tiny, write_corpus
+from conftest import PATTERN, TINY, pattern_corpus, run_script, write_corpus
 
 
 def test_training_prints_the_reference_lines_and_learns_a_predictable_corpus(trained):
