@@ -421,8 +421,7 @@ def eval_only(args, device):
     report_unknown(corpus)
     print(f'Evaluating {args.save_path} (epoch {ckpt.get("epoch")}, --batch_size {batch_size} '
           f'--seq_length {seq_length} as in training)')
-    for name, stream in (('valid', corpus.valid), ('test', corpus.test)):
-        data.check_size(name, stream, batch_size)
+    check_eval_sizes(corpus, batch_size)
     valid_data = data.batchify(corpus.valid, batch_size).to(device)
     test_data = data.batchify(corpus.test, batch_size).to(device)
     val_loss, val_no_sos = evaluate(model, valid_data, seq_length)
@@ -430,6 +429,12 @@ def eval_only(args, device):
     print_validation_no_sos(val_no_sos)
     print_test_block(model, test_data, seq_length)
     return 0
+
+
+def check_eval_sizes(corpus, batch_size):
+    """Valid and test need at least one target per row."""
+    for name, stream in (('valid', corpus.valid), ('test', corpus.test)):
+        data.check_size(name, stream, batch_size)
 
 
 def report_unknown(corpus):
@@ -449,8 +454,7 @@ def train(args, device, stop):
         ckpt = load_checkpoint(resume_path)  # fail early, before reading the data
     corpus = data.load_corpus(args.data_dir)
     data.check_size('train', corpus.train, args.batch_size, args.seq_length)
-    for name, stream in (('valid', corpus.valid), ('test', corpus.test)):
-        data.check_size(name, stream, args.batch_size)
+    check_eval_sizes(corpus, args.batch_size)
 
     print(f'Using device: {device}')
     print(f'Vocabulary size: {len(corpus.vocab)}')
@@ -477,12 +481,16 @@ def train(args, device, stop):
         print(f'Resuming from {resume_path} at {where}', flush=True)
     metrics = MetricsLog(metrics_path, resume_after=(first_epoch - 1) if resume_path else None)
 
+    wrote_last = False  # a last checkpoint already on disk may be an earlier run's
+
     def save_last(epoch, val_loss, position):
+        nonlocal wrote_last
         save_checkpoint({**best_checkpoint(model, corpus.vocab, args, epoch, val_loss),
                          'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
                          'scaler': scaler.state_dict() if scaler is not None else None,
                          'best_val_loss': best_val, 'position': position, 'rng': rng_state()},
                         last_path)
+        wrote_last = True
 
     val_loss = None
     try:
@@ -548,8 +556,9 @@ def train(args, device, stop):
 
     if stop.signum:
         print(f'Training stopped by {stop.name}.', file=sys.stderr, end=' ')
-        if os.path.exists(last_path):
-            print(f'Resume with:\n  {resume_command(last_path)}', file=sys.stderr, flush=True)
+        resumable = last_path if wrote_last else resume_path
+        if resumable is not None:
+            print(f'Resume with:\n  {resume_command(resumable)}', file=sys.stderr, flush=True)
         else:
             print('No epoch had started, so there is nothing to resume.', file=sys.stderr, flush=True)
         if stop.signum == signal.SIGTERM:
