@@ -22,12 +22,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from demo_tie import (keep_freed_memory, make_optimizer, non_negative_int, positive_int, probability, seed_everything,
-                      train_epoch, evaluate)
+from engine import evaluate, keep_freed_memory, make_optimizer, mixed_precision, train_epoch
+from options import add_device_flags, apply_threads, non_negative_int, positive_int, probability
+from runstate import seed_everything
 from generate import sample
 from model import LSTMLanguageModel, detach_hidden, pick_device
 
 PTB_VOCAB = 10002
+EXAMPLE = 'train (word_language_model loop)'
 
 
 def example_train(model, train_data, optimizer, seq_length, clip):
@@ -100,7 +102,8 @@ def main(argv=None):
     p.add_argument('--batch_size', type=positive_int, default=20)
     p.add_argument('--seq_length', type=positive_int, default=30)
     p.add_argument('--tied', action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument('--device', default='auto')
+    add_device_flags(p)
+    p.add_argument('--amp', action='store_true', help='Also time each loop under --amp (taking turns with float32)')
     p.add_argument('--windows', type=positive_int, default=20, help='Training windows per repeat')
     p.add_argument('--repeats', type=positive_int, default=5)
     p.add_argument('--warmup', type=non_negative_int, default=1, help='Repeats run first and not counted')
@@ -114,7 +117,16 @@ def main(argv=None):
         device = pick_device(args.device)
     except ValueError as e:
         p.error(str(e))
+    if args.json:  # fail now, not after the whole benchmark
+        try:
+            open(args.json, 'a').close()
+        except OSError as e:
+            p.error(f'cannot write --json {args.json}: {e.strerror or e}')
 
+    apply_threads(args.threads)
+    amp_dtype, amp_scaler, warning = mixed_precision(device, args.amp)
+    if warning:
+        print(f'warning: {warning}; no --amp rows', file=sys.stderr)
     seed_everything(0)
     keep_freed_memory()  # as demo_tie.py does
     steps = args.windows * args.seq_length + 1
@@ -133,20 +145,26 @@ def main(argv=None):
                          'unit': unit, 'repeats': len(rates)}
 
     training = {'train': lambda: train_epoch(model, batched, optimizer, args.seq_length, 5.0)}
-    if args.compare_example:
-        baseline_optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=True)
-        training['train (word_language_model loop)'] = lambda: example_train(
-            model, batched, baseline_optimizer, args.seq_length, 5.0)
-    for name, times in timed(training, device, args.repeats, args.warmup).items():
-        record(name, times, tokens, 'tokens/s')
-    times = timed({'evaluate': lambda: evaluate(model, batched, args.seq_length)},
-                  device, args.repeats, args.warmup)
-    record('evaluate', times['evaluate'], tokens, 'tokens/s')
+    evaluation = {'evaluate': lambda: evaluate(model, batched, args.seq_length)}
     prompt = [data.SOS] + stream[:10].tolist()
     generator = torch.Generator().manual_seed(0)
-    times = timed({'generate': lambda: sample(model, prompt, args.gen_words, generator=generator)},
-                  device, args.repeats, args.warmup)
-    record('generate', times['generate'], args.gen_words, 'words/s')
+    generation = {'generate': lambda: sample(model, prompt, args.gen_words, generator=generator)}
+    if amp_dtype is not None:
+        name = f'{str(amp_dtype).replace("torch.", "")} autocast'
+        training[f'train ({name})'] = lambda: train_epoch(
+            model, batched, optimizer, args.seq_length, 5.0, autocast_dtype=amp_dtype, scaler=amp_scaler)
+        evaluation[f'evaluate ({name})'] = lambda: evaluate(
+            model, batched, args.seq_length, autocast_dtype=amp_dtype)
+        generation[f'generate ({name})'] = lambda: sample(
+            model, prompt, args.gen_words, generator=generator, autocast_dtype=amp_dtype)
+    if args.compare_example:
+        baseline_optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=True)
+        training[EXAMPLE] = lambda: example_train(
+            model, batched, baseline_optimizer, args.seq_length, 5.0)
+    for fns, amount, unit in ((training, tokens, 'tokens/s'), (evaluation, tokens, 'tokens/s'),
+                              (generation, args.gen_words, 'words/s')):
+        for name, times in timed(fns, device, args.repeats, args.warmup).items():
+            record(name, times, amount, unit)
 
     config = (f'{args.num_layers}x{args.hidden_size} {"tied" if args.tied else "untied"}, embed '
               f'{args.embed_size}, batch {args.batch_size}, seq {args.seq_length}, vocab {vocab_size} '
@@ -158,9 +176,10 @@ def main(argv=None):
     print(f'{"measure":<34} {"median":>12} {"min":>12} {"max":>12}  unit')
     for name, r in results.items():
         print(f'{name:<34} {r["median"]:>12.1f} {r["min"]:>12.1f} {r["max"]:>12.1f}  {r["unit"]}')
-    if args.compare_example:
-        ratio = results['train']['median'] / results['train (word_language_model loop)']['median']
-        print(f'{"train speed-up over the example":<34} {ratio:>12.3f}x')
+    if EXAMPLE in results:
+        for name in (n for n in results if n.startswith('train') and n != EXAMPLE):
+            ratio = results[name]['median'] / results[EXAMPLE]['median']
+            print(f'{name + " speed-up over the example":<34} {ratio:>12.3f}x')
     peak = peak_memory_mb(device)
     print(f'{"peak memory":<34} {peak:>12.1f} {"":>12} {"":>12}  MiB ({"CUDA allocated" if device.type == "cuda" else "process RSS"})')
     if args.json:

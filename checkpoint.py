@@ -102,3 +102,14 @@ def build_model(ckpt, device='cpu'):
         raise CheckpointError(f'checkpoint weights do not fit its model description '
                               f'({str(e).splitlines()[0][:200]})') from None
     return model.to(device)
+
+
+def model_args(args, vocab_size):
+    return {'vocab_size': vocab_size, 'embed_size': args.embed_size, 'hidden_size': args.hidden_size,
+            'num_layers': args.num_layers, 'dropout': args.dropout, 'tied': args.tied}
+
+
+def best_checkpoint(model, vocab, args, epoch, val_loss):
+    return {'format': FORMAT, 'model_state': model.state_dict(), 'vocab': vocab,
+            'model_args': model_args(args, len(vocab)), 'args': vars(args),
+            'epoch': epoch, 'val_loss': val_loss}

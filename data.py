@@ -4,98 +4,184 @@ A corpus folder holds train.txt, valid.txt and test.txt: UTF-8, one sentence a l
 separated by whitespace. Each non-blank line becomes `<sos> w1 ... wn <eos>`.
 """
 import os
+import re
+import sys
+from array import array
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 SPECIALS = ['<pad>', '<sos>', '<eos>']
 PAD, SOS, EOS = 0, 1, 2
 UNK = '<unk>'
+BOM = '\ufeff'
 SPLITS = ('train', 'valid', 'test')
+# PTB writes every number as N: "1990", "3.5", "1,000" and "10-year" all are N (or N-year).
+NUMBER = re.compile(r'[+-]?\d[\d,./:]*')
 
 
 class DataError(Exception):
     """A problem with the user's data, worded for the user."""
 
 
-def read_sentences(path):
-    """Return a list of sentences, each a list of words, from a UTF-8 text file.
-
-    Blank lines are skipped (they hold no words); split() makes Windows line endings and
-    trailing spaces tokenise exactly as Unix ones.
-    """
+def _open_text(path):
     if not os.path.isfile(path):
         raise DataError(f'missing data file: {path} (run `bash getdata.sh` for PTB, '
                         'or point --data_dir at a folder with train.txt, valid.txt, test.txt)')
-    sentences = []
-    with open(path, 'rb') as f:
+    return open(path, 'rb')
+
+
+def read_ids(path, index, grow=False):
+    """Read a UTF-8 text file line by line into a compact int32 array of word ids: each
+    non-blank line becomes `<sos> w1 ... wn <eos>`.
+
+    With grow=True, a word not yet in `index` (word -> id) is given the next id, so the
+    training text builds the vocabulary in order of first appearance as it is read. With
+    grow=False, such a word is marked -1 here and becomes `<unk>` in `encode_file`.
+
+    Nothing is kept per line but its ids (4 bytes a token), so memory grows with the token
+    count alone and a 100M-token file reads in one pass. Blank lines are skipped; split()
+    makes Windows line endings and trailing spaces tokenise exactly as Unix ones; a UTF-8
+    byte-order mark (as some editors write) is not part of the first word.
+    """
+    ids = array('i')
+    add = ids.extend
+    lookup = index.setdefault if grow else index.get
+    with _open_text(path) as f:
         for line_number, raw in enumerate(f, start=1):
             try:
                 line = raw.decode('utf-8')
             except UnicodeDecodeError as e:
                 raise DataError(f'{path}, line {line_number}: not valid UTF-8 ({e.reason} '
                                 f'at byte {e.start})') from None
+            if line_number == 1 and line.startswith(BOM):
+                line = line[1:]
             words = line.split()
             if words:
-                sentences.append(words)
-    if not sentences:
+                ids.append(SOS)
+                if grow:
+                    add([lookup(w, len(index)) for w in words])
+                else:
+                    add([lookup(w, -1) for w in words])
+                ids.append(EOS)
+    if not ids:
         raise DataError(f'{path} is empty (no words in it)')
-    return sentences
+    return np.frombuffer(ids, dtype=np.int32)
 
 
-def build_vocab(train_sentences):
-    """Specials first, then training words in order of first appearance; `<unk>` is added
-    at the end if the training text lacks it, so that unseen words have somewhere to go."""
-    vocab = list(SPECIALS)
-    index = {w: i for i, w in enumerate(vocab)}
-    for sentence in train_sentences:
-        for word in sentence:
-            if word not in index:
-                index[word] = len(vocab)
-                vocab.append(word)
-    if UNK not in index:
-        vocab.append(UNK)
-    return vocab
+def encode_file(path, index):
+    """Ids of a file under a fixed vocabulary, and how many of its words were not in it
+    (they become `<unk>`)."""
+    ids = read_ids(path, index)
+    missing = ids < 0
+    unknown = int(missing.sum())
+    if unknown:
+        ids[missing] = index[UNK]
+    return ids, unknown
 
 
-def encode(sentences, index):
-    """Turn sentences into one flat LongTensor `<sos> w.. <eos> <sos> w.. <eos> ...`.
-    Returns the tensor and how many words were not in `index` (mapped to `<unk>`)."""
-    unk = index[UNK]
-    ids, unknown = [], 0
-    for sentence in sentences:
-        ids.append(SOS)
-        for word in sentence:
-            i = index.get(word)
-            if i is None:
-                i, unknown = unk, unknown + 1
-            ids.append(i)
-        ids.append(EOS)
-    return torch.tensor(ids, dtype=torch.long), unknown
+def build_vocab_and_encode(path, max_vocab=0, min_count=1):
+    """Read the training file once, building the vocabulary as it goes: specials first,
+    then words in order of first appearance; `<unk>` is added at the end if the text lacks
+    it, so that unseen words have somewhere to go.
+
+    max_vocab (0: no limit) caps the vocabulary's size, specials and `<unk>` included, by
+    keeping the most frequent words (ties: the earlier seen); min_count drops words seen
+    fewer times. Kept words keep their order. Returns (vocab, ids, number of training
+    tokens that became `<unk>`)."""
+    index = {w: i for i, w in enumerate(SPECIALS)}
+    ids = read_ids(path, index, grow=True)
+    index.setdefault(UNK, len(index))
+    vocab = list(index)
+    if max_vocab == 0 and min_count <= 1:
+        return vocab, ids, 0
+
+    counts = np.bincount(ids, minlength=len(vocab))
+    first_word, unk = len(SPECIALS), index[UNK]
+    candidates = [i for i in range(first_word, len(vocab)) if counts[i] >= min_count and i != unk]
+    if max_vocab:
+        room = max(0, max_vocab - first_word - 1)  # specials and <unk> always stay
+        # stable sort: equal counts keep first-appearance order
+        candidates = sorted(sorted(candidates, key=lambda i: -counts[i])[:room])
+    kept = list(range(first_word)) + sorted(candidates + [unk])
+    new_id = np.full(len(vocab), -1, dtype=np.int32)
+    new_id[kept] = np.arange(len(kept), dtype=np.int32)
+    unknown = int((new_id[ids] < 0).sum())
+    new_id[new_id < 0] = new_id[unk]
+    return [vocab[i] for i in kept], new_id[ids], unknown
 
 
 @dataclass
 class Corpus:
     vocab: list
-    train: torch.Tensor
+    train: torch.Tensor  # int32 token ids, one flat stream per split
     valid: torch.Tensor
     test: torch.Tensor
     unknown: dict = field(default_factory=dict)  # split -> number of words mapped to <unk>
 
 
-def load_corpus(data_dir, vocab=None):
+def load_corpus(data_dir, vocab=None, max_vocab=0, min_count=1):
     """Read the three splits. With `vocab` (a checkpoint's), encode with it instead of
     building one from the training text."""
+    if os.path.isfile(data_dir):
+        raise DataError(f'--data_dir {data_dir} is a file; give the folder that holds '
+                        'train.txt, valid.txt and test.txt')
     if not os.path.isdir(data_dir):
         raise DataError(f'data folder not found: {data_dir} (run `bash getdata.sh` to install '
                         'PTB into data/penn/, or pass --data_dir)')
-    sentences = {s: read_sentences(os.path.join(data_dir, f'{s}.txt')) for s in SPLITS}
-    vocab = vocab or build_vocab(sentences['train'])
-    index = {w: i for i, w in enumerate(vocab)}
+    paths = {s: os.path.join(data_dir, f'{s}.txt') for s in SPLITS}
+    for path in paths.values():
+        _open_text(path).close()  # a missing valid.txt is reported before train.txt is read
     streams, unknown = {}, {}
+    if vocab is None:
+        vocab, streams['train'], unknown['train'] = build_vocab_and_encode(
+            paths['train'], max_vocab, min_count)
+    index = {w: i for i, w in enumerate(vocab)}
     for split in SPLITS:
-        streams[split], unknown[split] = encode(sentences[split], index)
-    return Corpus(vocab, streams['train'], streams['valid'], streams['test'], unknown)
+        if split not in streams:
+            streams[split], unknown[split] = encode_file(paths[split], index)
+    tensors = {s: torch.from_numpy(a) for s, a in streams.items()}
+    return Corpus(vocab, tensors['train'], tensors['valid'], tensors['test'], unknown)
+
+
+def is_ptb_style(vocab):
+    """A vocabulary made like PTB's: lower-case throughout, numbers written as N."""
+    def lower_case(word):  # N stands for a number, as in N-year
+        word = word.replace('N', '')
+        return word.lower() == word
+    return 'N' in vocab and all(lower_case(w) for w in vocab)
+
+
+def map_words(words, index, respell=False):
+    """Map a user's words onto the vocabulary `index` (word -> id). Returns (ids,
+    respelled, unknown). With `respell` (a PTB-style vocabulary), a missing word is tried
+    lower-cased, then with its numbers as N: 'The' -> 'the', '1990' -> 'N'. A word still
+    missing becomes <unk>."""
+    ids, respelled, unknown = [], [], []
+    for word in words:
+        candidates = [word, word.lower(), NUMBER.sub('N', word.lower())] if respell else [word]
+        found = next((c for c in candidates if c in index), None)
+        if found is None:
+            unknown.append(word)
+            found = UNK
+        elif found != word:
+            respelled.append((word, found))
+        ids.append(index[found])
+    return ids, respelled, unknown
+
+
+def print_mapping_notes(respelled, unknown, limit=20):
+    """The notes on stderr that say how map_words read the user's words."""
+    def listed(items):
+        items = list(dict.fromkeys(items))  # each once, in order
+        more = f' and {len(items) - limit} more' if len(items) > limit else ''
+        return ', '.join(items[:limit]) + more
+    if respelled:
+        print('note: the vocabulary is lower-case and writes numbers as N (as PTB does), so '
+              'the text was read as: ' + listed(f'{a} -> {b}' for a, b in respelled), file=sys.stderr)
+    if unknown:
+        print('note: not in the vocabulary, read as <unk>: ' + listed(unknown), file=sys.stderr)
 
 
 def batchify(stream, batch_size):
@@ -125,13 +211,14 @@ def window_starts(data, seq_length):
 
 
 def get_window(data, start, seq_length):
-    """Input and target of the window that starts at column `start` (views, not copies).
+    """Input and target of the window that starts at column `start`, as int64 (the streams
+    are stored as int32 to halve their memory; cross-entropy wants int64 targets).
 
         data[:, start : start+T]      x   a b c d
         data[:, start+1 : start+1+T]  y   b c d e   (the next word of each x)
     """
     length = min(seq_length, data.size(1) - 1 - start)
-    return data[:, start:start + length], data[:, start + 1:start + 1 + length]
+    return data[:, start:start + length].long(), data[:, start + 1:start + 1 + length].long()
 
 
 def check_size(name, stream, batch_size, seq_length=1):

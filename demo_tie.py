@@ -11,54 +11,27 @@ Files written beside --save_path (best_model.pt by default):
     best_model.csv       one row of metrics per epoch
 """
 import argparse
-import csv
-import ctypes
 import math
 import os
-import platform
-import random
-import shlex
 import signal
 import sys
 import time
-from typing import NamedTuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from checkpoint import (FORMAT, MODEL_ARGS, CheckpointError, build_model, check_writable,
-                        load_checkpoint, save_checkpoint)
+from checkpoint import (CheckpointError, best_checkpoint, build_model, check_writable,
+                        load_checkpoint, model_args, save_checkpoint)
+from engine import (NonFiniteLoss, epoch_loss, evaluate, keep_freed_memory, make_optimizer,
+                    mixed_precision, perplexity, train_epoch)
 from model import LSTMLanguageModel, count_parameters, detach_hidden, pick_device
+from options import (add_device_flags, apply_threads, factor, non_negative_float,
+                     non_negative_int, positive_float, positive_int, probability, seed_value)
+from runstate import (MetricsLog, StopRequest, check_resumable, restore, resume_command,
+                      rng_state, seed_everything)
 
 RULE = '-' * 41
-REFRESH_EVERY = 50  # windows between reads of the training loss (each read waits for the GPU)
-METRICS_COLUMNS = ['epoch', 'train_loss', 'train_ppl', 'val_loss', 'val_ppl', 'val_loss_no_sos',
-                   'val_ppl_no_sos', 'lr', 'seconds', 'train_tokens_per_s']
-
-
-# ---------------------------------------------------------------------------- command line
-
-def checked_number(kind, ok, what):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
-        if not (ok(value) and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f'{text} is not {what}')
-        return value
-    return parse
-
-
-positive_int = checked_number(int, lambda v: v > 0, 'a positive integer')
-non_negative_int = checked_number(int, lambda v: v >= 0, 'an integer >= 0')
-positive_float = checked_number(float, lambda v: v > 0, 'a number > 0')
-non_negative_float = checked_number(float, lambda v: v >= 0, 'a number >= 0')
-probability = checked_number(float, lambda v: 0 <= v < 1, 'a probability in [0, 1)')
-factor = checked_number(float, lambda v: 0 < v < 1, 'a factor in (0, 1)')
 
 
 def build_parser():
@@ -79,13 +52,15 @@ def build_parser():
     parser.add_argument('--lr_patience', type=non_negative_int, default=2, help='Number of epochs with no improvement after which learning rate will be reduced')
     parser.add_argument('--tied', action='store_true', help='Enable weight tying')
     # Beyond the reference's flags:
-    parser.add_argument('--seed', type=int, default=1111, help='Random seed (torch, numpy, random)')
-    parser.add_argument('--device', type=str, default='auto', help='auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps')
+    parser.add_argument('--seed', type=seed_value, default=1111, help='Random seed (torch, numpy, random)')
+    add_device_flags(parser)
     parser.add_argument('--resume', nargs='?', const='', default=None, metavar='PATH',
                         help='Continue training from a last checkpoint; without PATH, the one '
                              'beside --save_path (best_model.pt -> best_model.last.pt)')
+    parser.add_argument('--max_vocab', type=non_negative_int, default=0, help='Keep at most this many words in the vocabulary, specials and <unk> included, the most frequent first; the rest become <unk> (0: no limit)')
+    parser.add_argument('--min_count', type=positive_int, default=1, help='Words seen fewer times in train.txt become <unk>')
     parser.add_argument('--eval_only', action='store_true', help='Only print the validation and test results of the checkpoint at --save_path')
-    parser.add_argument('--amp', action='store_true', help='CUDA only: mixed precision (bfloat16, or float16 with loss scaling)')
+    parser.add_argument('--amp', action='store_true', help='Mixed precision: bfloat16 autocast on CUDA (float16 with loss scaling where bfloat16 is missing) and on CPUs with native bfloat16 (AVX-512 BF16, AMX); float32 weights')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model (first windows are slower while it compiles)')
     return parser
 
@@ -96,255 +71,6 @@ def companion_paths(save_path):
     return stem + '.last.pt', stem + '.csv'
 
 
-# ---------------------------------------------------------------------------- training and evaluation
-
-class NonFiniteLoss(Exception):
-    def __init__(self, window):
-        super().__init__(f'loss is not finite at window {window}')
-        self.window = window
-
-
-class EpochResult(NamedTuple):
-    losses: torch.Tensor  # mean loss of each window, on the device; windows not run are 0
-    hidden: tuple         # hidden state after the last window run
-    next_window: int      # == number of windows when the epoch ran to its end
-
-
-def keep_freed_memory():
-    """Ask glibc to keep freed memory for reuse instead of handing it back to the system.
-
-    A CPU step allocates and frees tensors of tens of MB (logits, the decoder's gradient);
-    by default glibc serves each from fresh pages that the kernel must fault in and zero,
-    every window. Serving them from the heap and never trimming it made a 2x650 step about
-    4% faster on the 2-core development machine (PyTorch's CPU tuning guide suggests
-    jemalloc or tcmalloc for the same reason). Elsewhere than glibc this does nothing.
-    """
-    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    libc = ctypes.CDLL(None)
-    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed value on 64-bit
-    libc.mallopt(M_TRIM_THRESHOLD, 2**30)
-
-
-def make_optimizer(model, lr, weight_decay):
-    """Adam in one fused kernel where this PyTorch has it for the model's device (the same
-    update, a few passes over memory fewer), else PyTorch's default (multi-tensor where
-    the device supports it)."""
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-
-def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
-                losses=None, forward=None, autocast_dtype=None, scaler=None,
-                should_stop=lambda: False, on_window=lambda k, running_loss: None):
-    """One pass of truncated BPTT over `train_data` (batch_size, steps), from window `start`.
-
-    The loss stays on the device: it is read every REFRESH_EVERY windows (to check it is
-    finite and to report a running mean through `on_window`) rather than after each window,
-    which would make the CPU wait for the GPU. `forward` is the model, or a compiled version
-    of it. Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
-    """
-    forward = model if forward is None else forward
-    device = train_data.device
-    starts = data.window_starts(train_data, seq_length)
-    if losses is None:
-        losses = torch.zeros(len(starts), device=device)
-    if hidden is None:
-        hidden = model.init_hidden(train_data.size(0))
-    checked, reported_sum = start, 0.0
-    model.train()
-    for k in range(start, len(starts)):
-        x, y = data.get_window(train_data, starts[k], seq_length)
-        hidden = detach_hidden(hidden)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits, hidden = forward(x, hidden)
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # multi-tensor where supported
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        losses[k] = loss.detach()
-
-        stopping = should_stop()
-        running_loss = None
-        if k + 1 - checked >= REFRESH_EVERY or k + 1 == len(starts) or stopping:
-            recent = losses[checked:k + 1].tolist()  # the one read from the device
-            bad = next((i for i, value in enumerate(recent) if not math.isfinite(value)), None)
-            if bad is not None:
-                raise NonFiniteLoss(checked + bad + 1)
-            checked, reported_sum = k + 1, reported_sum + sum(recent)
-            running_loss = reported_sum / (k + 1 - start)
-        on_window(k, running_loss)
-        if stopping:
-            return EpochResult(losses, hidden, k + 1)
-    return EpochResult(losses, hidden, len(starts))
-
-
-def window_lengths(data_, seq_length):
-    starts = data.window_starts(data_, seq_length)
-    return torch.tensor([data.get_window(data_, s, seq_length)[0].size(1) for s in starts])
-
-
-def epoch_loss(losses, train_data, seq_length):
-    """Token-weighted mean of the per-window losses (the last window may be shorter)."""
-    lengths = window_lengths(train_data, seq_length).to(losses.device, losses.dtype)
-    return float((losses * lengths).sum() / lengths.sum())
-
-
-@torch.no_grad()
-def evaluate(model, eval_data, seq_length, *, forward=None, autocast_dtype=None,
-             on_window=lambda k: None):
-    """Mean cross-entropy over every target of `eval_data` (each scored once, hidden state
-    carried across windows), and the same mean without `<sos>` targets.
-
-    `<sos>` always follows `<eos>`, so it is nearly free to predict and lowers the average;
-    the literature's PTB figures (Mikolov's protocol) score words and `<eos>` only.
-    """
-    forward = model if forward is None else forward
-    model.eval()
-    hidden = model.init_hidden(eval_data.size(0))
-    total_all = torch.zeros((), device=eval_data.device)
-    total_no_sos = torch.zeros((), device=eval_data.device)
-    for k, start in enumerate(data.window_starts(eval_data, seq_length)):
-        x, y = data.get_window(eval_data, start, seq_length)
-        with torch.autocast(eval_data.device.type, dtype=autocast_dtype,
-                            enabled=autocast_dtype is not None):
-            logits, hidden = forward(x, hidden)
-            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction='none')
-        total_all += nll.sum()
-        # masked_fill, not boolean indexing, which would make the CPU wait for the GPU
-        total_no_sos += nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum()
-        on_window(k)
-    targets = eval_data[:, 1:]
-    return (float(total_all) / targets.numel(),
-            float(total_no_sos) / max(1, int((targets != data.SOS).sum())))
-
-
-def perplexity(loss):
-    return math.exp(loss) if loss < 700 else float('inf')
-
-
-# ---------------------------------------------------------------------------- state that outlives the process
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # CUDA too
-
-
-def rng_state():
-    """Every RNG the run draws from, as tensors and Python values (weights_only can load it)."""
-    _, key, pos, has_gauss, cached = np.random.get_state()
-    return {'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            'numpy': [torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-            'random': random.getstate()}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-    key, pos, has_gauss, cached = state['numpy']
-    np.random.set_state(('MT19937', key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state['random']
-    random.setstate((version, tuple(internal), gauss))
-
-
-def model_args(args, vocab_size):
-    return {'vocab_size': vocab_size, 'embed_size': args.embed_size, 'hidden_size': args.hidden_size,
-            'num_layers': args.num_layers, 'dropout': args.dropout, 'tied': args.tied}
-
-
-def best_checkpoint(model, vocab, args, epoch, val_loss):
-    return {'format': FORMAT, 'model_state': model.state_dict(), 'vocab': vocab,
-            'model_args': model_args(args, len(vocab)), 'args': vars(args),
-            'epoch': epoch, 'val_loss': val_loss}
-
-
-def check_resumable(ckpt, path, args, vocab):
-    if 'optimizer' not in ckpt:
-        raise CheckpointError(f'{path} holds a model only; resume from the ".last.pt" '
-                              'checkpoint written beside it')
-    if ckpt['vocab'] != vocab:
-        raise CheckpointError(f'{path} was trained on another vocabulary than {args.data_dir} gives')
-    wanted = model_args(args, len(vocab))
-    differ = [k for k in MODEL_ARGS if ckpt['model_args'][k] != wanted[k]]
-    if ckpt.get('position') is not None:
-        differ += [k for k in ('batch_size', 'seq_length') if ckpt['args'].get(k) != getattr(args, k)]
-    if differ:
-        saved = ' '.join(f'--{k} {ckpt["args"].get(k)}' for k in differ if k != 'vocab_size')
-        raise CheckpointError(f'{path} was made with other settings: {saved}; pass the same ones')
-
-
-def restore(ckpt, model, optimizer, scheduler, scaler):
-    """Load a last checkpoint's state; returns (first epoch to run, best validation loss,
-    position in that epoch or None)."""
-    model.load_state_dict(ckpt['model_state'])
-    optimizer.load_state_dict(ckpt['optimizer'])
-    scheduler.load_state_dict(ckpt['scheduler'])
-    if scaler is not None and ckpt.get('scaler'):
-        scaler.load_state_dict(ckpt['scaler'])
-    set_rng_state(ckpt['rng'])
-    position = ckpt['position']
-    return ckpt['epoch'] + (1 if position is None else 0), ckpt['best_val_loss'], position
-
-
-class MetricsLog:
-    """One CSV row per epoch. On resume, rows after the checkpoint's epoch (written before
-    a crash could save that epoch's checkpoint) are dropped, so no epoch appears twice."""
-
-    def __init__(self, path, resume_after=None):
-        self.path = path
-        if resume_after is None or not os.path.exists(path):
-            with open(path, 'w', newline='') as f:
-                csv.writer(f).writerow(METRICS_COLUMNS)
-            return
-        with open(path, newline='') as f:
-            rows = [r for r in csv.DictReader(f) if r.get('epoch', '').isdigit()
-                    and int(r['epoch']) <= resume_after]
-        with open(path, 'w', newline='') as f:
-            writer = csv.DictWriter(f, METRICS_COLUMNS, extrasaction='ignore')
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def append(self, row):
-        with open(self.path, 'a', newline='') as f:
-            csv.DictWriter(f, METRICS_COLUMNS).writerow(row)
-
-
-class StopRequest:
-    """SIGINT/SIGTERM handler: training stops after the window in progress. A second
-    Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __call__(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(f'\n{signal.Signals(signum).name} received: stopping after the current window',
-              file=sys.stderr, flush=True)
-
-    @property
-    def name(self):
-        return signal.Signals(self.signum).name if self.signum else None
-
-
-# ---------------------------------------------------------------------------- the run
-
 class RunError(Exception):
     """Ends the run with a message and exit status 1."""
 
@@ -352,14 +78,10 @@ class RunError(Exception):
 def speedups(args, model, device):
     """(forward, autocast dtype, GradScaler) for --amp and --compile, with a warning where
     one is unsupported and the default path instead."""
-    forward, dtype, scaler = model, None, None
-    if args.amp:
-        if device.type != 'cuda':
-            warn(f'--amp works on CUDA only; training in float32 on {device}')
-        elif torch.cuda.is_bf16_supported():
-            dtype = torch.bfloat16
-        else:
-            dtype, scaler = torch.float16, torch.amp.GradScaler('cuda')
+    dtype, scaler, warning = mixed_precision(device, args.amp)
+    if warning:
+        warn(warning)
+    forward = model
     if args.compile:
         try:
             forward = torch.compile(model)
@@ -376,20 +98,6 @@ def speedups(args, model, device):
 
 def warn(message):
     print(f'warning: {message}', file=sys.stderr, flush=True)
-
-
-def resume_command(last_path):
-    """This run's command line with `--resume last_path` in place of any --resume it had."""
-    argv, rest = [], iter(sys.argv[1:])
-    for arg in rest:
-        if arg == '--resume':
-            next_arg = next(rest, None)
-            if next_arg is not None and next_arg.startswith('-'):
-                argv.append(next_arg)
-        elif not arg.startswith('--resume='):
-            argv.append(arg)
-    return ' '.join(['python', 'demo_tie.py'] + [shlex.quote(a) for a in argv]
-                    + ['--resume', shlex.quote(last_path)])
 
 
 def print_test_block(model, test_data, seq_length, **kw):
@@ -438,10 +146,12 @@ def check_eval_sizes(corpus, batch_size):
 
 
 def report_unknown(corpus):
-    unknown = {s: n for s, n in corpus.unknown.items() if n}
-    if unknown:
-        print('Words not in the training vocabulary, read as <unk>: '
-              + ', '.join(f'{s} {n}' for s, n in unknown.items()))
+    """One line when some words became <unk>: those outside the vocabulary (valid, test, or
+    train under --max_vocab/--min_count). PTB has none."""
+    counts = [f'{split} {n} ({100 * n / getattr(corpus, split).numel():.2f}% of its tokens)'
+              for split, n in corpus.unknown.items() if n]
+    if counts:
+        print('Words not in the vocabulary, read as <unk>: ' + ', '.join(counts))
 
 
 def train(args, device, stop):
@@ -452,7 +162,7 @@ def train(args, device, stop):
     if args.resume is not None:
         resume_path = args.resume or last_path
         ckpt = load_checkpoint(resume_path)  # fail early, before reading the data
-    corpus = data.load_corpus(args.data_dir)
+    corpus = data.load_corpus(args.data_dir, max_vocab=args.max_vocab, min_count=args.min_count)
     data.check_size('train', corpus.train, args.batch_size, args.seq_length)
     check_eval_sizes(corpus, args.batch_size)
 
@@ -581,6 +291,7 @@ def main(argv=None):
         device = pick_device(args.device)
     except ValueError as e:
         parser.error(str(e))
+    apply_threads(args.threads)
     seed_everything(args.seed)
     keep_freed_memory()
     stop = StopRequest()  # installed before the data is read, so no signal is lost

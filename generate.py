@@ -5,19 +5,16 @@
 The checkpoint alone is enough: it carries the vocabulary and the model's sizes.
 """
 import argparse
-import re
 import sys
 
 import torch
 
 import data
 from checkpoint import CheckpointError, build_model, load_checkpoint
-from demo_tie import checked_number, non_negative_int, positive_float, positive_int
+from engine import mixed_precision
+from options import (add_device_flags, apply_threads, checked_number, non_negative_int, positive_float,
+                     positive_int, seed_value)
 from model import pick_device
-
-# PTB writes every number as N: "1990", "3.5", "1,000" and "10-year" all are N (or N-year).
-NUMBER = re.compile(r'[+-]?\d[\d,./:]*')
-
 
 def build_parser():
     parser = argparse.ArgumentParser(description='Generate text with a trained LSTM language model')
@@ -29,27 +26,11 @@ def build_parser():
     parser.add_argument('--top_p', type=checked_number(float, lambda v: 0 < v <= 1, 'in (0, 1]'), default=1.0, help='Nucleus sampling: the likeliest words whose probabilities add up to p (1.0: off)')
     parser.add_argument('--num_samples', type=positive_int, default=1, help='Number of continuations')
     parser.add_argument('--stop_at_eos', action='store_true', help='End each sample at the end of its first sentence')
-    parser.add_argument('--seed', type=int, default=None, help='Random seed: the same seed and flags give the same text')
+    parser.add_argument('--seed', type=seed_value, default=None, help='Random seed: the same seed and flags give the same text')
     parser.add_argument('--cuda', action='store_true', help='Use CUDA (same as --device cuda)')
-    parser.add_argument('--device', type=str, default='auto', help='auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps')
+    add_device_flags(parser)
+    parser.add_argument('--amp', action='store_true', help='Run the model under bfloat16 autocast where the trainer\'s --amp would (default: float32)')
     return parser
-
-
-def map_words(words, index):
-    """Map seed words onto the vocabulary. Returns (ids, respelled, unknown): PTB is lower
-    case and writes numbers as N, so 'The' -> 'the' and '1990' -> 'N' are respelled; a word
-    still missing becomes <unk>."""
-    ids, respelled, unknown = [], [], []
-    for word in words:
-        candidates = [word, word.lower(), NUMBER.sub('N', word.lower())]
-        found = next((c for c in candidates if c in index), None)
-        if found is None:
-            unknown.append(word)
-            found = data.UNK
-        elif found != word:
-            respelled.append((word, found))
-        ids.append(index[found])
-    return ids, respelled, unknown
 
 
 def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
@@ -70,7 +51,7 @@ def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
 
 @torch.no_grad()
 def sample(model, prompt_ids, num_words, *, temperature=1.0, top_k=0, top_p=1.0,
-           stop_at_eos=False, generator=None):
+           stop_at_eos=False, generator=None, autocast_dtype=None):
     """Generate `num_words` words after `prompt_ids` (which start with <sos>). <eos> may be
     sampled between words (it does not count as a word); as in training, <sos> is then fed
     after it. Returns the generated ids, <eos> included. Each step feeds one token and
@@ -80,7 +61,12 @@ def sample(model, prompt_ids, num_words, *, temperature=1.0, top_k=0, top_p=1.0,
     never = torch.zeros(model.fc.out_features, dtype=torch.bool)
     never[[data.PAD, data.SOS]] = True
     hidden = model.init_hidden(1)
-    logits, hidden = model(torch.tensor([prompt_ids], device=device), hidden)
+
+    def step(ids, hidden):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return model(torch.tensor([ids], device=device), hidden)
+
+    logits, hidden = step(prompt_ids, hidden)
     last, out, words = prompt_ids[-1], [], 0
     while words < num_words:
         # Sampled on the CPU in float64: any temperature > 0 works (MPS has no float64), and
@@ -94,11 +80,11 @@ def sample(model, prompt_ids, num_words, *, temperature=1.0, top_k=0, top_p=1.0,
         if token == data.EOS:
             if stop_at_eos:
                 break
-            logits, hidden = model(torch.tensor([[data.EOS, data.SOS]], device=device), hidden)
+            logits, hidden = step([data.EOS, data.SOS], hidden)
             last = data.SOS
         else:
             words += 1
-            logits, hidden = model(torch.tensor([[token]], device=device), hidden)
+            logits, hidden = step([token], hidden)
             last = token
     return out
 
@@ -122,6 +108,10 @@ def main(argv=None):
         device = pick_device('cuda' if args.cuda else args.device)
     except ValueError as e:
         parser.error(str(e))
+    apply_threads(args.threads)
+    autocast_dtype, _, warning = mixed_precision(device, args.amp)
+    if warning:
+        print(f'warning: {warning}', file=sys.stderr)
     try:
         ckpt = load_checkpoint(args.checkpoint)
         model = build_model(ckpt, device)
@@ -132,12 +122,8 @@ def main(argv=None):
     index = {w: i for i, w in enumerate(vocab)}
 
     seed_words = args.seed_text.split()
-    seed_ids, respelled, unknown = map_words(seed_words, index)
-    if respelled:
-        print('note: PTB is lower-case and writes numbers as N, so the seed was read as: '
-              + ', '.join(f'{a} -> {b}' for a, b in respelled), file=sys.stderr)
-    if unknown:
-        print('note: not in the vocabulary, read as <unk>: ' + ', '.join(unknown), file=sys.stderr)
+    seed_ids, respelled, unknown = data.map_words(seed_words, index, data.is_ptb_style(vocab))
+    data.print_mapping_notes(respelled, unknown)
 
     generator = torch.Generator()
     generator.manual_seed(args.seed if args.seed is not None else torch.seed())
@@ -146,7 +132,7 @@ def main(argv=None):
             print(f'--- sample {n + 1} of {args.num_samples} ---')
         ids = sample(model, [data.SOS] + seed_ids, args.num_words, temperature=args.temperature,
                      top_k=args.top_k, top_p=args.top_p, stop_at_eos=args.stop_at_eos,
-                     generator=generator)
+                     generator=generator, autocast_dtype=autocast_dtype)
         print(render(seed_words + [vocab[i] for i in ids]), flush=True)
     return 0
 

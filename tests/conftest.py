@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tiny models gain nothing from several threads, and threads of concurrent runs fighting for
 # two cores make everything crawl: one thread each, here and in every subprocess.
@@ -13,6 +14,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import data  # noqa: E402  (from ROOT, just put on the path)
 
 # A corpus whose next word is always determined: a model that learns it reaches perplexity ~1.
 PATTERN = 'one two three four five six seven eight'
@@ -50,6 +52,27 @@ def train_tiny(folder, *extra, epochs=3):
     proc = run_script('demo_tie.py', '--data_dir', corpus, *TINY, '--tied', '--epochs', epochs,
                       '--save_path', save, *extra)
     return proc, save
+
+
+def list_reader(folder):
+    """Today's reader before streaming, kept as the oracle: whole files into lists of lists of
+    words, a vocabulary in order of first appearance, then one LongTensor per split."""
+    splits = {}
+    for name in data.SPLITS:
+        text = (folder / f'{name}.txt').read_text(encoding='utf-8-sig')
+        splits[name] = [line.split() for line in text.splitlines() if line.split()]
+    vocab = list(data.SPECIALS)
+    for sentence in splits['train']:
+        for w in sentence:
+            if w not in vocab:
+                vocab.append(w)
+    if data.UNK not in vocab:
+        vocab.append(data.UNK)
+    index = {w: i for i, w in enumerate(vocab)}
+    streams = {name: torch.tensor([i for s in sents for i in
+                                   [data.SOS] + [index.get(w, index[data.UNK]) for w in s] + [data.EOS]])
+               for name, sents in splits.items()}
+    return vocab, streams
 
 
 @pytest.fixture(scope='session')

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import data
-from conftest import write_corpus
+from conftest import list_reader, write_corpus
 from model import LSTMLanguageModel
 
 
@@ -90,7 +90,7 @@ def test_windows_shift_targets_by_one_across_window_boundaries():
 def test_evaluation_scores_every_token_once_whatever_the_window(tmp_path):
     """Hidden state is carried across windows, so cutting the stream into windows of any
     length must give the same loss as one window over the whole stream."""
-    from demo_tie import evaluate
+    from engine import evaluate
     torch.manual_seed(0)
     model = LSTMLanguageModel(20, 8, 8, 2, 0.0, True)
     batched = data.batchify(torch.randint(3, 20, (4 * 37,)), 4)
@@ -101,7 +101,7 @@ def test_evaluation_scores_every_token_once_whatever_the_window(tmp_path):
 
 
 def test_loss_without_sos_leaves_out_exactly_the_sos_targets():
-    from demo_tie import evaluate
+    from engine import evaluate
     torch.manual_seed(0)
     model = LSTMLanguageModel(10, 8, 8, 1, 0.0, False)
     batched = data.batchify(torch.tensor([1, 4, 5, 2, 1, 6, 2, 1, 7, 8, 9, 2] * 3), 2)
@@ -112,3 +112,49 @@ def test_loss_without_sos_leaves_out_exactly_the_sos_targets():
     keep = batched[:, 1:].reshape(-1) != data.SOS
     assert loss_all == pytest.approx(nll.mean().item(), rel=1e-5)
     assert loss_no_sos == pytest.approx(nll[keep].mean().item(), rel=1e-5)
+
+
+
+def test_streaming_reader_gives_the_tensors_of_the_list_reader(tmp_path):
+    import random
+    rng = random.Random(0)
+    words = [f'w{i}' for i in range(50)] + ['<unk>', 'N', 'été', 'a-b']
+
+    def text(lines):
+        return ''.join(' '.join(rng.choice(words) for _ in range(rng.randint(0, 12))) +
+                       rng.choice(['\n', '\r\n', '  \n']) for _ in range(lines))
+    write_corpus(tmp_path, '\ufeff' + text(300), text(40) + 'never-seen word\n', text(40))
+    vocab, streams = list_reader(tmp_path)
+    corpus = data.load_corpus(tmp_path)
+    assert corpus.vocab == vocab
+    for name in data.SPLITS:
+        assert corpus.__dict__[name].dtype == torch.int32  # 4 bytes a token
+        assert torch.equal(corpus.__dict__[name].long(), streams[name]), name
+    assert corpus.unknown['valid'] >= 2 and corpus.unknown['train'] == 0
+
+
+def test_min_count_and_max_vocab_send_rare_words_to_unk_and_count_them(tmp_path):
+    # counts: a 4, b 3, c 2, d 1, e 1 (first seen in this order: b a c d e)
+    write_corpus(tmp_path, 'b a c\na b a\nd b a c e\n', 'a e f\n', 'c\n')
+    corpus = data.load_corpus(tmp_path, min_count=2)
+    assert corpus.vocab == ['<pad>', '<sos>', '<eos>', 'b', 'a', 'c', '<unk>']
+    assert corpus.unknown == {'train': 2, 'valid': 2, 'test': 0}  # d e; e f
+    assert [corpus.vocab[i] for i in corpus.train[-7:]] == ['<sos>', '<unk>', 'b', 'a', 'c', '<unk>', '<eos>']
+
+    capped = data.load_corpus(tmp_path, max_vocab=6)  # 3 specials, <unk> and the 2 most frequent
+    assert capped.vocab == ['<pad>', '<sos>', '<eos>', 'b', 'a', '<unk>']
+    assert capped.unknown['train'] == 4  # c c d e
+    assert len(data.load_corpus(tmp_path, max_vocab=100).vocab) == 9  # no cap reached: all words
+
+
+def test_a_literal_unk_in_training_text_is_not_counted_as_unknown(tmp_path):
+    write_corpus(tmp_path, 'x <unk> y y\n')
+    corpus = data.load_corpus(tmp_path, min_count=2)
+    assert corpus.vocab == ['<pad>', '<sos>', '<eos>', '<unk>', 'y']  # <unk> keeps its place
+    assert corpus.unknown['train'] == 1  # x, not the literal <unk>
+
+
+def test_data_dir_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / 'train.txt').write_text('a\n')
+    with pytest.raises(data.DataError, match='is a file'):
+        data.load_corpus(tmp_path / 'train.txt')

@@ -57,20 +57,31 @@ def test_several_samples_are_numbered(trained):
     assert re.findall(r'^--- sample (\d) of 3 ---$', proc.stdout, re.M) == ['1', '2', '3']
 
 
-def test_unknown_and_respelled_seed_words_are_reported(trained):
-    proc = gen(trained, '--seed_text', 'One zebra TWO', '--num_words', '3', '--seed', '0')
+def test_unknown_seed_words_are_reported_and_not_respelled_for_a_non_ptb_vocabulary(trained):
+    """The tiny corpus has no N, so it is not PTB-style: 'One' is not read as 'one'."""
+    proc = gen(trained, '--seed_text', 'One zebra two', '--num_words', '3', '--seed', '0')
     assert proc.returncode == 0
-    assert 'not in the vocabulary, read as <unk>: zebra' in proc.stderr
-    assert 'One -> one' in proc.stderr and 'TWO -> two' in proc.stderr
-    assert proc.stdout.startswith('One zebra TWO')
+    assert 'not in the vocabulary, read as <unk>: One, zebra' in proc.stderr
+    assert 'lower-case' not in proc.stderr
+    assert proc.stdout.startswith('One zebra two')
 
 
-def test_numbers_map_to_ptb_n():
-    index = {w: i for i, w in enumerate(['<pad>', '<sos>', '<eos>', '<unk>', 'N', 'the', 'N-year'])}
-    ids, respelled, unknown = generate.map_words(['The', '1990', '3.5', '10-year', 'xyz'], index)
+def test_numbers_and_capitals_map_to_ptb_spelling_for_a_ptb_style_vocabulary():
+    vocab = ['<pad>', '<sos>', '<eos>', '<unk>', 'N', 'the', 'N-year']
+    assert data.is_ptb_style(vocab)
+    index = {w: i for i, w in enumerate(vocab)}
+    ids, respelled, unknown = data.map_words(['The', '1990', '3.5', '10-year', 'xyz'], index, respell=True)
     assert ids == [5, 4, 4, 6, 3]
     assert respelled == [('The', 'the'), ('1990', 'N'), ('3.5', 'N'), ('10-year', 'N-year')]
     assert unknown == ['xyz']
+
+
+def test_a_cased_vocabulary_is_not_respelled():
+    vocab = ['<pad>', '<sos>', '<eos>', '<unk>', 'N', 'Haus', 'haus']
+    assert not data.is_ptb_style(vocab)
+    assert not data.is_ptb_style(['<pad>', '<sos>', '<eos>', '<unk>', 'the'])  # no N
+    index = {w: i for i, w in enumerate(vocab)}
+    assert data.map_words(['HAUS', '1990'], index) == ([3, 3], [], ['HAUS', '1990'])
 
 
 def test_sampling_never_gives_pad_or_sos_even_when_the_model_prefers_them(trained):

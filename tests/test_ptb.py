@@ -1,8 +1,9 @@
 """Checks on the real Penn Treebank; skipped unless `bash getdata.sh` has installed data/penn."""
 import pytest
+import torch
 
 import data
-from conftest import ROOT
+from conftest import ROOT, list_reader
 from model import LSTMLanguageModel, count_parameters
 
 PENN = ROOT / 'data' / 'penn'
@@ -38,3 +39,18 @@ def test_reference_batch_layout(ptb):
     test = data.batchify(ptb.test, 20)
     assert test.shape == (20, 86191 // 20)
     assert len(data.window_starts(test, 30)) == 144  # 143 full windows and a shorter last one
+
+
+def test_streaming_reader_matches_the_list_reader_on_ptb(ptb):
+    vocab, streams = list_reader(PENN)
+    assert ptb.vocab == vocab
+    for name in data.SPLITS:
+        assert torch.equal(getattr(ptb, name).long(), streams[name])
+
+
+def test_a_vocabulary_cap_at_ptbs_size_changes_nothing(ptb):
+    capped = data.load_corpus(PENN, max_vocab=10002, min_count=1)
+    assert capped.vocab == ptb.vocab and torch.equal(capped.train, ptb.train)
+    assert capped.unknown['train'] == 0
+    smaller = data.load_corpus(PENN, max_vocab=5000)
+    assert len(smaller.vocab) == 5000 and smaller.unknown['train'] > 0

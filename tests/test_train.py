@@ -121,3 +121,14 @@ def test_untied_model_trains_too(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert 'LSTM(8, 16, num_layers=2, batch_first=True, dropout=0.5)' in proc.stdout
     assert not torch.load(tmp_path / 'u.pt', weights_only=True)['model_args']['tied']
+
+
+def test_vocabulary_options_print_how_many_training_words_became_unk(tmp_path):
+    write_corpus(tmp_path / 'c', (PATTERN + '\n') * 200 + 'rare words here\n')
+    proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'c', *TINY, '--tied', '--epochs', '1',
+                      '--min_count', '2', '--save_path', tmp_path / 'm.pt')
+    assert proc.returncode == 0, proc.stderr
+    assert 'Vocabulary size: 12' in proc.stdout  # the 8 pattern words, 3 specials, <unk>
+    assert re.search(r'Words not in the vocabulary, read as <unk>: train 3 \(0\.\d+% of its tokens\)', proc.stdout)
+    vocab = torch.load(tmp_path / 'm.pt', weights_only=True)['vocab']
+    assert 'rare' not in vocab and '<unk>' in vocab

@@ -1,0 +1,209 @@
+"""The training engine: one epoch of truncated BPTT, evaluation, and the choices that make
+them fast (optimizer kernel, mixed precision, memory reuse). Shared by the trainer, the
+scorer, the benchmark and the tests, so all of them run exactly the same loop.
+"""
+import ctypes
+import math
+import platform
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+import data
+from model import detach_hidden
+
+REFRESH_EVERY = 50  # windows between reads of the training loss (each read waits for the GPU)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, window):
+        super().__init__(f'loss is not finite at window {window}')
+        self.window = window
+
+
+class EpochResult(NamedTuple):
+    losses: torch.Tensor  # mean loss of each window, on the device; windows not run are 0
+    hidden: tuple         # hidden state after the last window run
+    next_window: int      # == number of windows when the epoch ran to its end
+
+
+def perplexity(loss):
+    return math.exp(loss) if loss < 700 else float('inf')
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the system.
+
+    A CPU step allocates and frees tensors of tens of MB (logits, the decoder's gradient);
+    by default glibc serves each from fresh pages that the kernel must fault in and zero,
+    every window. Serving them from the heap and never trimming it made a 2x650 step about
+    4% faster on the 2-core development machine (PyTorch's CPU tuning guide suggests
+    jemalloc or tcmalloc for the same reason). Elsewhere than glibc this does nothing.
+    """
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc = ctypes.CDLL(None)
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed value on 64-bit
+    libc.mallopt(M_TRIM_THRESHOLD, 2**30)
+
+
+def make_optimizer(model, lr, weight_decay):
+    """Adam in one fused kernel where this PyTorch has it for the model's device (the same
+    update, a few passes over memory fewer), else PyTorch's default (multi-tensor where
+    the device supports it)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def cpu_has_native_bfloat16():
+    """True where the CPU multiplies bfloat16 in hardware (x86 AVX-512 BF16 or AMX, Arm BF16).
+    Elsewhere PyTorch emulates bfloat16, which is slower than float32."""
+    capabilities = getattr(torch.cpu, 'get_capabilities', None)
+    if capabilities is not None:
+        caps = capabilities()
+        return any(caps.get(k, False) for k in ('avx512_bf16', 'amx_bf16', 'bf16', 'sve_bf16'))
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # PyTorch before 2.9
+
+
+def mixed_precision(device, requested):
+    """What --amp means on `device`: (autocast dtype or None, GradScaler or None, warning or
+    None). Weights, gradients and optimizer state stay float32 in every case; only the
+    matrix products run in the lower precision."""
+    if not requested:
+        return None, None, None
+    if device.type == 'cuda':
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, None, None
+        return torch.float16, torch.amp.GradScaler('cuda'), None  # float16 needs loss scaling
+    if device.type == 'cpu':
+        if cpu_has_native_bfloat16():
+            return torch.bfloat16, None, None
+        return None, None, ('--amp: this CPU has no native bfloat16 instructions (AVX-512 BF16 '
+                            'or AMX), and emulated bfloat16 is slower than float32; running '
+                            'in float32')
+    return None, None, f'--amp works on CUDA and on CPUs with bfloat16; running in float32 on {device}'
+
+
+def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
+                losses=None, forward=None, autocast_dtype=None, scaler=None,
+                should_stop=lambda: False, on_window=lambda k, running_loss: None):
+    """One pass of truncated BPTT over `train_data` (batch_size, steps), from window `start`.
+
+    The loss stays on the device: it is read every REFRESH_EVERY windows (to check it is
+    finite and to report a running mean through `on_window`) rather than after each window,
+    which would make the CPU wait for the GPU. `forward` is the model, or a compiled version
+    of it. Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
+    """
+    forward = model if forward is None else forward
+    device = train_data.device
+    starts = data.window_starts(train_data, seq_length)
+    if losses is None:
+        losses = torch.zeros(len(starts), device=device)
+    if hidden is None:
+        hidden = model.init_hidden(train_data.size(0))
+    checked, reported_sum = start, 0.0
+    model.train()
+    for k in range(start, len(starts)):
+        x, y = data.get_window(train_data, starts[k], seq_length)
+        hidden = detach_hidden(hidden)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits, hidden = forward(x, hidden)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # multi-tensor where supported
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        losses[k] = loss.detach()
+
+        stopping = should_stop()
+        running_loss = None
+        if k + 1 - checked >= REFRESH_EVERY or k + 1 == len(starts) or stopping:
+            recent = losses[checked:k + 1].tolist()  # the one read from the device
+            bad = next((i for i, value in enumerate(recent) if not math.isfinite(value)), None)
+            if bad is not None:
+                raise NonFiniteLoss(checked + bad + 1)
+            checked, reported_sum = k + 1, reported_sum + sum(recent)
+            running_loss = reported_sum / (k + 1 - start)
+        on_window(k, running_loss)
+        if stopping:
+            return EpochResult(losses, hidden, k + 1)
+    return EpochResult(losses, hidden, len(starts))
+
+
+def window_lengths(batched, seq_length):
+    starts = data.window_starts(batched, seq_length)
+    return torch.tensor([data.get_window(batched, s, seq_length)[0].size(1) for s in starts])
+
+
+def epoch_loss(losses, train_data, seq_length):
+    """Token-weighted mean of the per-window losses (the last window may be shorter)."""
+    lengths = window_lengths(train_data, seq_length).to(losses.device, losses.dtype)
+    return float((losses * lengths).sum() / lengths.sum())
+
+
+class TokenLosses(NamedTuple):
+    sum_all: float         # summed cross-entropy of every target
+    sum_no_sos: float      # the same without the `<sos>` targets
+    count_all: int
+    count_no_sos: int
+    nll: torch.Tensor      # (batch, steps - 1) loss of each target, on the CPU; or None
+    hidden: tuple          # state after the last window (each row's context at its end)
+
+
+@torch.no_grad()
+def token_losses(model, batched, seq_length, *, forward=None, autocast_dtype=None,
+                 keep_tokens=False, on_window=lambda k: None):
+    """Cross-entropy of every target of `batched` (batch, steps), each scored once, with the
+    hidden state carried across windows; the sums are taken per window on the device and
+    added in float64 at the end, so every caller gets the same figure to the last digit.
+    With keep_tokens, also each target's loss, laid out like `batched[:, 1:]`."""
+    forward = model if forward is None else forward
+    model.eval()
+    device = batched.device
+    starts = data.window_starts(batched, seq_length)
+    sums = torch.zeros(2, len(starts), device=device)  # row 0: all targets, row 1: no <sos>
+    kept = []
+    hidden = model.init_hidden(batched.size(0))
+    for k, start in enumerate(starts):
+        x, y = data.get_window(batched, start, seq_length)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits, hidden = forward(x, hidden)
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+                              reduction='none')
+        sums[0, k] = nll.sum()
+        # masked_fill, not boolean indexing, which would make the CPU wait for the GPU
+        sums[1, k] = nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum()
+        if keep_tokens:
+            kept.append(nll.view(y.shape).cpu())
+        on_window(k)
+    targets = batched[:, 1:]
+    count_all = targets.numel()
+    count_no_sos = count_all - int((targets == data.SOS).sum())
+    sum_all, sum_no_sos = (math.fsum(row) for row in sums.tolist())
+    return TokenLosses(sum_all, sum_no_sos, count_all, count_no_sos,
+                       torch.cat(kept, 1) if keep_tokens else None, hidden)
+
+
+def evaluate(model, eval_data, seq_length, *, forward=None, autocast_dtype=None,
+             on_window=lambda k: None):
+    """Mean cross-entropy over every target of `eval_data`, and the same mean without
+    `<sos>` targets.
+
+    `<sos>` always follows `<eos>`, so it is nearly free to predict and lowers the average;
+    the literature's PTB figures (Mikolov's protocol) score words and `<eos>` only.
+    """
+    t = token_losses(model, eval_data, seq_length, forward=forward,
+                     autocast_dtype=autocast_dtype, on_window=on_window)
+    return t.sum_all / t.count_all, t.sum_no_sos / max(1, t.count_no_sos)

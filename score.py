@@ -1,0 +1,287 @@
+"""Score text with a model trained by demo_tie.py: how likely is this sentence, this file?
+
+    python score.py --checkpoint best_model.pt my.txt                    # per line and in total
+    echo "the company said" | python score.py --checkpoint best_model.pt -
+    python score.py --checkpoint best_model.pt --per_token my.txt > tokens.tsv
+    python score.py --checkpoint best_model.pt --json my.txt
+
+Text is read as training reads it: each non-blank line is `<sos> w1 ... wn <eos>`, and a word
+the vocabulary lacks is scored as `<unk>`. Three layouts:
+
+    default           as the trainer evaluates: the stream cut into the checkpoint's number
+                      of rows, read in windows with the hidden state carried across windows
+                      and lines. Scoring PTB's test.txt repeats the trainer's Test lines.
+                      The first token of each row and the tail that does not fill a row are
+                      not scored (as in training).
+    --batch_size 1    one continuous stream: every token but the very first is scored.
+    --independent     each line on its own, from a fresh state: nothing before it counts.
+"""
+import argparse
+import json
+import math
+import sys
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+from checkpoint import CheckpointError, build_model, load_checkpoint
+from engine import mixed_precision, perplexity, token_losses
+from model import pick_device
+from options import add_device_flags, apply_threads, positive_int
+
+LINES_PER_BATCH = 64  # --independent: lines scored side by side (sorted by length, padded)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description='Score text with a trained LSTM language model')
+    parser.add_argument('input', help="Text file to score, one sentence a line ('-' for stdin)")
+    parser.add_argument('--checkpoint', type=str, default='best_model.pt', help='Checkpoint written by demo_tie.py (its --save_path)')
+    parser.add_argument('--batch_size', type=positive_int, default=None, help="Rows the text is laid out in (default: the checkpoint's, as in evaluation; 1: one continuous stream)")
+    parser.add_argument('--seq_length', type=positive_int, default=None, help="Window length (default: the checkpoint's)")
+    parser.add_argument('--independent', action='store_true', help='Score each line on its own, from a fresh hidden state')
+    parser.add_argument('--per_token', action='store_true', help='Write each token\'s log-probability as TSV to stdout (the summary goes to stderr)')
+    parser.add_argument('--json', action='store_true', help='Write everything as one JSON document to stdout')
+    add_device_flags(parser)
+    parser.add_argument('--amp', action='store_true', help="Score under bfloat16 autocast where the trainer's --amp would (default: float32)")
+    return parser
+
+
+class Text(NamedTuple):
+    line_numbers: list     # the input's line number of each non-blank line
+    words: list            # each line's words, as written
+    stream: torch.Tensor   # <sos> w1 .. wn <eos> for every line, as vocabulary ids
+    line_of: np.ndarray    # for each stream position, the index of its line in `words`
+    respelled: list
+    unknown: list
+
+
+def read_text(path, vocab):
+    """Read `path` ('-': stdin) as training reads text and map its words onto `vocab`."""
+    name = '<stdin>' if path == '-' else path
+    try:
+        f = sys.stdin.buffer if path == '-' else open(path, 'rb')
+    except OSError as e:
+        raise data.DataError(f'cannot read {name}: {e.strerror or e}') from None
+    index = {w: i for i, w in enumerate(vocab)}
+    respell = data.is_ptb_style(vocab)
+    line_numbers, words, ids, line_of, respelled, unknown = [], [], [], [], [], []
+    with f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode('utf-8')
+            except UnicodeDecodeError as e:
+                raise data.DataError(f'{name}, line {number}: not valid UTF-8 ({e.reason} at '
+                                     f'byte {e.start})') from None
+            if number == 1 and line.startswith(data.BOM):
+                line = line[1:]
+            line_words = line.split()
+            if not line_words:
+                continue
+            line_ids, line_respelled, line_unknown = data.map_words(line_words, index, respell)
+            ids += [data.SOS] + line_ids + [data.EOS]
+            line_of += [len(words)] * (len(line_ids) + 2)
+            line_numbers.append(number)
+            words.append(line_words)
+            respelled += line_respelled
+            unknown += line_unknown
+    if not words:
+        raise data.DataError(f'{name} has no words to score')
+    return Text(line_numbers, words, torch.tensor(ids), np.array(line_of), respelled, unknown)
+
+
+def progress(total, desc):
+    """A bar on stderr for inputs long enough to wait for."""
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=total < 20, leave=False)
+
+
+def score_carried(model, stream, batch_size, seq_length, autocast_dtype, device):
+    """Loss of each stream position (NaN where the layout scores none) with the stream laid
+    out as evaluation lays it out, and the totals as the trainer computes them."""
+    batched = data.batchify(stream, batch_size).to(device)
+    with progress(len(data.window_starts(batched, seq_length)), 'Scoring') as bar:
+        result = token_losses(model, batched, seq_length, autocast_dtype=autocast_dtype,
+                              keep_tokens=True, on_window=lambda k: bar.update())
+    steps = batched.size(1)
+    # target (row r, column c) of batched[:, 1:] is stream position r * steps + c + 1
+    positions = np.arange(batch_size)[:, None] * steps + np.arange(1, steps)[None, :]
+    nll = np.full(stream.numel(), np.nan)
+    nll[positions.ravel()] = result.nll.double().numpy().ravel()
+    return nll, result
+
+
+@torch.no_grad()
+def score_independent(model, text, autocast_dtype, device):
+    """Loss of each stream position, each line scored from a fresh state (its `<sos>` is
+    context only). Lines of similar length are batched together, padded at the end."""
+    model.eval()
+    starts = np.flatnonzero(np.diff(text.line_of, prepend=-1))  # stream position of each <sos>
+    lengths = [len(w) + 2 for w in text.words]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    nll = np.full(text.stream.numel(), np.nan)
+    with progress(math.ceil(len(order) / LINES_PER_BATCH), 'Scoring') as bar:
+        for first in range(0, len(order), LINES_PER_BATCH):
+            lines = order[first:first + LINES_PER_BATCH]
+            longest = max(lengths[i] for i in lines)
+            batch = torch.full((len(lines), longest), data.PAD, dtype=torch.long)
+            for row, i in enumerate(lines):
+                batch[row, :lengths[i]] = text.stream[starts[i]:starts[i] + lengths[i]]
+            batch = batch.to(device)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits, _ = model(batch[:, :-1], model.init_hidden(len(lines)))
+            losses = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:],
+                                     reduction='none').double().cpu().numpy()
+            for row, i in enumerate(lines):
+                nll[starts[i] + 1:starts[i] + lengths[i]] = losses[row, :lengths[i] - 1]
+            bar.update()
+    return nll
+
+
+class Totals(NamedTuple):
+    loss: float
+    loss_no_sos: float
+    targets: int
+    targets_no_sos: int
+
+
+def totals_from(nll, is_sos):
+    scored = ~np.isnan(nll)
+    words = scored & ~is_sos
+    return Totals(math.fsum(nll[scored]) / max(1, scored.sum()),
+                  math.fsum(nll[words]) / max(1, words.sum()), int(scored.sum()), int(words.sum()))
+
+
+def per_line(text, nll, is_sos):
+    """For each line: its words, and mean loss with and without its `<sos>` target."""
+    scored = ~np.isnan(nll)
+    n = len(text.words)
+
+    def mean(mask):
+        total = np.bincount(text.line_of[mask], weights=nll[mask], minlength=n)
+        count = np.bincount(text.line_of[mask], minlength=n)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            return total / count, count
+    loss, targets = mean(scored)
+    loss_no_sos, targets_no_sos = mean(scored & ~is_sos)
+    return [{'line': text.line_numbers[i], 'words': len(text.words[i]),
+             'targets': int(targets[i]), 'loss': _num(loss[i]), 'ppl': _num(perplexity_or_nan(loss[i])),
+             'loss_no_sos': _num(loss_no_sos[i]), 'ppl_no_sos': _num(perplexity_or_nan(loss_no_sos[i]))}
+            for i in range(n)]
+
+
+def perplexity_or_nan(loss):
+    return loss if math.isnan(loss) else perplexity(loss)
+
+
+def _num(x):
+    """JSON has no NaN: a line with no scored target gets null."""
+    return None if math.isnan(x) else float(x)
+
+
+def token_rows(text, nll, vocab):
+    """(line, position in line, word as written, word scored, log-probability or None)."""
+    rows, k = [], 0
+    for i, line_words in enumerate(text.words):
+        for position, word in enumerate(['<sos>'] + line_words + ['<eos>']):
+            logprob = None if math.isnan(nll[k]) else -float(nll[k])
+            rows.append((text.line_numbers[i], position, word, vocab[int(text.stream[k])], logprob))
+            k += 1
+    return rows
+
+
+def fmt(x, digits=4):
+    return 'n/a' if x is None else f'{x:.{digits}f}'
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.independent and args.batch_size is not None:
+        parser.error('--independent scores each line on its own; it takes no --batch_size')
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
+    apply_threads(args.threads)
+    autocast_dtype, _, warning = mixed_precision(device, args.amp)
+    if warning:
+        print(f'warning: {warning}', file=sys.stderr)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        model = build_model(ckpt, device)
+        vocab = ckpt['vocab']
+        text = read_text(args.input, vocab)
+    except (CheckpointError, data.DataError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    data.print_mapping_notes(text.respelled, text.unknown)
+
+    trained = ckpt.get('args') or {}
+    is_sos = (text.stream == data.SOS).numpy()
+    if args.independent:
+        layout = 'each line on its own, from a fresh state'
+        nll = score_independent(model, text, autocast_dtype, device)
+        totals = totals_from(nll, is_sos)
+    else:
+        batch_size = args.batch_size or trained.get('batch_size', 1)
+        seq_length = args.seq_length or trained.get('seq_length', 30)
+        if text.stream.numel() < 2 * batch_size:
+            print(f'note: the text is too short for {batch_size} rows; scored as one stream '
+                  '(--batch_size 1)', file=sys.stderr)
+            batch_size = 1
+        layout = (f'{batch_size} row{"s" if batch_size > 1 else ""}, windows of {seq_length}, '
+                  'state carried across lines' + (' (as the trainer evaluates)'
+                                                   if args.batch_size is None else ''))
+        nll, result = score_carried(model, text.stream, batch_size, seq_length, autocast_dtype, device)
+        totals = Totals(result.sum_all / result.count_all, result.sum_no_sos / max(1, result.count_no_sos),
+                        result.count_all, result.count_no_sos)
+    # tokens that the layout leaves out: the first <sos> is never a target, and under
+    # --independent no line's <sos> is
+    unscored = 0 if args.independent else int(np.isnan(nll).sum()) - 1
+    lines = per_line(text, nll, is_sos)
+    words = sum(len(w) for w in text.words)
+    summary = {'checkpoint': args.checkpoint, 'input': args.input, 'layout': layout,
+               'lines': len(text.words), 'words': words, 'out_of_vocabulary': len(text.unknown),
+               'targets': totals.targets, 'targets_no_sos': totals.targets_no_sos,
+               'loss': totals.loss, 'ppl': perplexity(totals.loss),
+               'loss_no_sos': totals.loss_no_sos, 'ppl_no_sos': perplexity(totals.loss_no_sos),
+               'tokens_not_scored': unscored}
+
+    if args.json:
+        document = {**summary, 'per_line': lines}
+        if args.per_token:
+            document['per_token'] = [dict(zip(('line', 'position', 'word', 'scored_as', 'logprob'), row))
+                                     for row in token_rows(text, nll, vocab)]
+        json.dump(document, sys.stdout, indent=1)
+        print()
+        return 0
+    out = sys.stdout
+    if args.per_token:
+        print('line\tposition\tword\tscored_as\tlogprob', file=out)
+        for line, position, word, scored_as, logprob in token_rows(text, nll, vocab):
+            print(f'{line}\t{position}\t{word}\t{scored_as}\t{"" if logprob is None else f"{logprob:.6f}"}',
+                  file=out)
+        out = sys.stderr  # the summary stays out of the TSV
+    else:
+        print(f'{"line":>6} {"words":>6} {"loss":>8} {"perplexity":>11} {"loss w/o <sos>":>15} '
+              f'{"perplexity w/o <sos>":>21}', file=out)
+        for r in lines:
+            print(f'{r["line"]:>6} {r["words"]:>6} {fmt(r["loss"]):>8} {fmt(r["ppl"]):>11} '
+                  f'{fmt(r["loss_no_sos"]):>15} {fmt(r["ppl_no_sos"]):>21}', file=out)
+    print(f'Scored {args.input} with {args.checkpoint}: {len(text.words)} lines, {words} words '
+          f'({len(text.unknown)} read as <unk>); layout: {layout}', file=out)
+    if unscored:
+        print(f'{unscored} tokens not scored by this layout (each row\'s first token and the tail '
+              'that does not fill a row); --batch_size 1 scores every token', file=out)
+    print(f'Loss: {totals.loss:.4f}, Perplexity: {perplexity(totals.loss):.4f} '
+          f'({totals.targets} targets)', file=out)
+    print(f'Loss without <sos>: {totals.loss_no_sos:.4f}, Perplexity without <sos>: '
+          f'{perplexity(totals.loss_no_sos):.4f} ({totals.targets_no_sos} targets)', file=out)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
