@@ -3,6 +3,8 @@
     python bench.py                        # the reference configuration (2x650 tied, batch 20, seq 30)
     python bench.py --embed_size 200 --hidden_size 200 --windows 50 --json bench.json
     python bench.py --compare_example      # also time the word_language_model example's loop
+    python bench.py --amp                  # each loop in float32 and under --amp, taking turns
+    python bench.py --read_corpus DIR      # time reading a corpus folder, and its peak memory
 
 It imports train_epoch, evaluate and sample, so it times exactly what demo_tie.py and
 generate.py run. PTB is used when data/penn exists, else random tokens over a vocabulary of
@@ -93,8 +95,28 @@ def peak_memory_mb(device):
     return kb / 1024 if sys.platform != 'darwin' else kb / 2**20
 
 
+def bench_reading(data_dir, max_vocab, min_count):
+    """Time data.load_corpus on a folder and report the process's peak memory against the
+    size of the token arrays it returns."""
+    baseline = peak_memory_mb(torch.device('cpu'))  # the interpreter and PyTorch, before reading
+    t0 = time.perf_counter()
+    corpus = data.load_corpus(data_dir, max_vocab=max_vocab, min_count=min_count)
+    seconds = time.perf_counter() - t0
+    tokens = sum(getattr(corpus, s).numel() for s in data.SPLITS)
+    array_mb = sum(getattr(corpus, s).nbytes for s in data.SPLITS) / 2**20
+    peak = peak_memory_mb(torch.device('cpu'))
+    print(f'read {data_dir}: {tokens} tokens ({corpus.train.numel()} in train), vocabulary '
+          f'{len(corpus.vocab)}, {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s)')
+    print(f'peak memory (process RSS) {peak:.0f} MiB, of which {baseline:.0f} MiB before reading; '
+          f'token arrays {array_mb:.0f} MiB ({corpus.train.dtype})')
+    return {'seconds': seconds, 'tokens': tokens, 'vocab': len(corpus.vocab),
+            'peak_rss_mib': peak, 'baseline_rss_mib': baseline, 'arrays_mib': array_mb}
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Benchmark the trainer, evaluator and generator')
+    p = argparse.ArgumentParser(
+        description='Benchmark the trainer, evaluator and generator',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--embed_size', type=positive_int, default=650)
     p.add_argument('--hidden_size', type=positive_int, default=650)
     p.add_argument('--num_layers', type=positive_int, default=2)
@@ -110,6 +132,9 @@ def main(argv=None):
     p.add_argument('--gen_words', type=positive_int, default=200)
     p.add_argument('--compare_example', action='store_true', help="Also time the word_language_model example's loop")
     p.add_argument('--json', metavar='FILE', help='Also write the results as JSON')
+    p.add_argument('--read_corpus', metavar='DIR', help='Only time reading this corpus folder (and its peak memory)')
+    p.add_argument('--max_vocab', type=non_negative_int, default=0, help='With --read_corpus: as in demo_tie.py')
+    p.add_argument('--min_count', type=positive_int, default=1, help='With --read_corpus: as in demo_tie.py')
     args = p.parse_args(argv)
     if args.tied and args.embed_size != args.hidden_size:
         p.error('--tied needs --embed_size equal to --hidden_size (or pass --no-tied)')
@@ -124,6 +149,16 @@ def main(argv=None):
             p.error(f'cannot write --json {args.json}: {e.strerror or e}')
 
     apply_threads(args.threads)
+    if args.read_corpus:
+        try:
+            result = bench_reading(args.read_corpus, args.max_vocab, args.min_count)
+        except data.DataError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 1
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(result, f, indent=2)
+        return 0
     amp_dtype, amp_scaler, warning = mixed_precision(device, args.amp)
     if warning:
         print(f'warning: {warning}; no --amp rows', file=sys.stderr)

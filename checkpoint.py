@@ -5,8 +5,10 @@ A checkpoint holds everything needed to rebuild the model (`model_args`, `vocab`
 epoch to resume from, also holds the optimizer, scheduler, RNG states and the position in
 the epoch (see demo_tie.py).
 """
+import errno
 import os
 import pickle
+import pickletools
 import tempfile
 import zipfile
 
@@ -25,7 +27,9 @@ class CheckpointError(Exception):
 
 def save_checkpoint(obj, path):
     """Write `obj` to `path` so that a crash or a full disk never leaves a half-written file
-    there: write a temporary file beside it, flush it to disk, then rename it over `path`."""
+    there: write a temporary file beside it, flush it to disk, then rename it over `path`.
+    Every failure is raised as an OSError naming `path` (torch.save reports a full disk as a
+    RuntimeError from its zip writer), with the temporary file removed."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
     try:
@@ -37,9 +41,14 @@ def save_checkpoint(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, RuntimeError):
+            raise OSError(errno.EIO, f'write failed ({str(e).splitlines()[0][:120]}); is the disk '
+                                     'full?', path) from None
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), path) from None
         raise
 
 
@@ -56,27 +65,52 @@ def check_writable(path):
         raise CheckpointError(f'cannot write checkpoint {path}: {e.strerror or e}') from None
 
 
-def load_checkpoint(path, map_location='cpu'):
+TRAIN_FIRST = ('; train a model first (python demo_tie.py --tied writes best_model.pt; the '
+               "README's Quick start has a ten-minute run) or pass --checkpoint PATH")
+
+
+def load_checkpoint(path, map_location='cpu', missing_hint=''):
     """Open a checkpoint with weights_only=True (no arbitrary code runs) and check it is ours."""
+    if os.path.isdir(path):
+        raise CheckpointError(f'{path} is a folder, not a checkpoint')
     if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint not found: {path}')
+        raise CheckpointError(f'checkpoint not found: {path}{missing_hint}')
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if not carries_code(path):
+            raise CheckpointError(f'{path} is not a checkpoint (not a PyTorch file)') from None
         # torch's message is long; keep its one line that names what was refused
-        reason = next((line.strip() for line in str(e).splitlines()
-                       if 'Unsupported' in line or 'WeightsUnpickler error' in line), '')
-        reason = reason.replace('WeightsUnpickler error: ', '').split('. ')[0][:200]
+        reason = next((line.strip() for line in str(e).splitlines() if 'Unsupported global' in line), '')
+        reason = reason.split('. ')[0][:200]
         raise CheckpointError(f'{path} is not a checkpoint that can be opened safely: it asks to '
                               f'run code when loaded, which weights_only loading refuses'
                               + (f' ({reason})' if reason else '')) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
-        raise CheckpointError(f'cannot read checkpoint {path}: it is truncated, corrupt or not '
-                              f'a PyTorch file ({type(e).__name__})') from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
+            IndexError, TypeError, AttributeError, UnicodeDecodeError, MemoryError) as e:
+        raise CheckpointError(f'{path} is not a checkpoint: it is truncated, corrupt or not a '
+                              f'PyTorch file ({type(e).__name__})') from None
     if not isinstance(ckpt, dict) or ckpt.get('format') != FORMAT:
         raise CheckpointError(f'{path} is not a checkpoint made by demo_tie.py')
     _check_model_fields(path, ckpt)
     return ckpt
+
+
+def carries_code(path):
+    """Whether a file that weights_only loading refused is a pickle that imports callables
+    (what a malicious checkpoint does), rather than text or random bytes. The opcodes are
+    listed, never executed."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                raw = z.read(next(n for n in z.namelist() if n.endswith('data.pkl')))
+        else:
+            with open(path, 'rb') as f:
+                raw = f.read(2**24)
+        opcodes = [op.name for op, _, _ in pickletools.genops(raw)]  # the whole pickle parses
+        return any(name in ('GLOBAL', 'STACK_GLOBAL', 'INST', 'OBJ') for name in opcodes)
+    except Exception:  # not a pickle at all: genops stops at the first byte it cannot read
+        return False
 
 
 def _check_model_fields(path, ckpt):
@@ -98,9 +132,14 @@ def build_model(ckpt, device='cpu'):
     model = LSTMLanguageModel(**{k: ckpt['model_args'][k] for k in MODEL_ARGS})
     try:
         model.load_state_dict(ckpt['model_state'])
-    except (RuntimeError, KeyError, TypeError) as e:
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f'checkpoint weights do not fit its model description '
                               f'({str(e).splitlines()[0][:200]})') from None
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f'the checkpoint holds NaN or infinite weights ({", ".join(bad)}): '
+                              'it was saved from a run that diverged and cannot be used')
     return model.to(device)
 
 

@@ -107,9 +107,12 @@ def build_vocab_and_encode(path, max_vocab=0, min_count=1):
     kept = list(range(first_word)) + sorted(candidates + [unk])
     new_id = np.full(len(vocab), -1, dtype=np.int32)
     new_id[kept] = np.arange(len(kept), dtype=np.int32)
-    unknown = int((new_id[ids] < 0).sum())
-    new_id[new_id < 0] = new_id[unk]
-    return [vocab[i] for i in kept], new_id[ids], unknown
+    unknown = 0
+    for start in range(0, len(ids), 2**22):  # in place, a slice at a time: no second array
+        part = new_id[ids[start:start + 2**22]]
+        unknown += int((part < 0).sum())
+        ids[start:start + 2**22] = np.where(part < 0, new_id[unk], part)
+    return [vocab[i] for i in kept], ids, unknown
 
 
 @dataclass

@@ -11,11 +11,13 @@ Files written beside --save_path (best_model.pt by default):
     best_model.csv       one row of metrics per epoch
 """
 import argparse
+import copy
 import math
 import os
 import signal
 import sys
 import time
+import uuid
 
 import torch
 from tqdm import tqdm
@@ -28,14 +30,17 @@ from engine import (NonFiniteLoss, epoch_loss, evaluate, keep_freed_memory, make
 from model import LSTMLanguageModel, count_parameters, detach_hidden, pick_device
 from options import (add_device_flags, apply_threads, factor, non_negative_float,
                      non_negative_int, positive_float, positive_int, probability, seed_value)
-from runstate import (MetricsLog, StopRequest, check_resumable, restore, resume_command,
-                      rng_state, seed_everything)
+from runstate import (MetricsLog, RunFiles, StopRequest, check_same_data, data_fingerprint,
+                      hold_lock, merge_resume_args, restore, resume_command, rng_state,
+                      seed_everything)
 
 RULE = '-' * 41
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='LSTM Language Model on Penn Treebank')
+    parser = argparse.ArgumentParser(
+        description='LSTM Language Model on Penn Treebank',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--data_dir', type=str, default='./data/penn/', help='Directory containing train.txt, valid.txt, test.txt')
     parser.add_argument('--batch_size', type=positive_int, default=20, help='Batch size')
     parser.add_argument('--embed_size', type=positive_int, default=650, help='Embedding size')
@@ -59,16 +64,11 @@ def build_parser():
                              'beside --save_path (best_model.pt -> best_model.last.pt)')
     parser.add_argument('--max_vocab', type=non_negative_int, default=0, help='Keep at most this many words in the vocabulary, specials and <unk> included, the most frequent first; the rest become <unk> (0: no limit)')
     parser.add_argument('--min_count', type=positive_int, default=1, help='Words seen fewer times in train.txt become <unk>')
+    parser.add_argument('--overwrite', action='store_true', help='Start afresh where an earlier run left its files at --save_path (they are deleted)')
     parser.add_argument('--eval_only', action='store_true', help='Only print the validation and test results of the checkpoint at --save_path')
     parser.add_argument('--amp', action='store_true', help='Mixed precision: bfloat16 autocast on CUDA (float16 with loss scaling where bfloat16 is missing) and on CPUs with native bfloat16 (AVX-512 BF16, AMX); float32 weights')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model (first windows are slower while it compiles)')
     return parser
-
-
-def companion_paths(save_path):
-    """best_model.pt -> (best_model.last.pt, best_model.csv)."""
-    stem = os.path.splitext(save_path)[0]
-    return stem + '.last.pt', stem + '.csv'
 
 
 class RunError(Exception):
@@ -117,7 +117,8 @@ def print_validation_no_sos(loss_no_sos):
           f'{perplexity(loss_no_sos):.4f}')
 
 
-def eval_only(args, device):
+def eval_only(args, device, stop):
+    stop.immediate = True  # nothing to save: a signal ends the evaluation at once
     ckpt = load_checkpoint(args.save_path)
     model = build_model(ckpt, device)
     trained = ckpt.get('args') or {}
@@ -154,17 +155,42 @@ def report_unknown(corpus):
         print('Words not in the vocabulary, read as <unk>: ' + ', '.join(counts))
 
 
-def train(args, device, stop):
-    best_path = args.save_path
-    last_path, metrics_path = companion_paths(best_path)
-    check_writable(best_path)
-    resume_path = None
+def checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id):
+    return {**best_checkpoint(model, corpus.vocab, args, epoch, val_loss), 'run_id': run_id}
+
+
+def train(args, given, device, stop):
+    """The run, step by step: claim the save path, settle the flags (from the checkpoint on
+    resume), read the data, build or restore the model, train epoch by epoch, test."""
+    files = RunFiles.beside(args.save_path)
+    check_writable(files.best)  # makes its folder, so that the lock can be taken there
+    hold_lock(files)
+    files.remove_stale_temporaries()
+    resume_path, ckpt, changes = None, None, []
     if args.resume is not None:
-        resume_path = args.resume or last_path
+        resume_path = args.resume or files.last
         ckpt = load_checkpoint(resume_path)  # fail early, before reading the data
+        if 'optimizer' not in ckpt:
+            raise CheckpointError(f'{resume_path} holds a model only; resume from the ".last.pt" '
+                                  'checkpoint written beside it')
+        changes = merge_resume_args(args, given, ckpt.get('args') or {},
+                                    mid_epoch=ckpt.get('position') is not None)
+    elif files.existing():
+        if not args.overwrite:
+            raise RunError(f'{", ".join(files.existing())} are from an earlier run. Continue it '
+                           f'with --resume, or start afresh with --overwrite (which deletes them)')
+        for path in files.existing():
+            os.remove(path)
+    if args.tied and args.embed_size != args.hidden_size:
+        raise RunError(f'--tied needs --embed_size equal to --hidden_size '
+                       f'(got {args.embed_size} and {args.hidden_size})')
+    for path in (files.last, files.metrics):
+        check_writable(path)
     corpus = data.load_corpus(args.data_dir, max_vocab=args.max_vocab, min_count=args.min_count)
     data.check_size('train', corpus.train, args.batch_size, args.seq_length)
     check_eval_sizes(corpus, args.batch_size)
+    if ckpt is not None:
+        check_same_data(ckpt, resume_path, corpus, args.data_dir)
 
     print(f'Using device: {device}')
     print(f'Vocabulary size: {len(corpus.vocab)}')
@@ -184,26 +210,36 @@ def train(args, device, stop):
     n_windows = len(data.window_starts(train_data, args.seq_length))
 
     first_epoch, best_val, position = 1, math.inf, None
-    if resume_path is not None:
-        check_resumable(ckpt, resume_path, args, corpus.vocab)
-        first_epoch, best_val, position = restore(ckpt, model, optimizer, scheduler, scaler)
+    run_id, best_path = uuid.uuid4().hex, files.best
+    if ckpt is not None:
+        first_epoch, best_val, position = restore(ckpt, resume_path, model, optimizer, scheduler,
+                                                  scaler, n_windows, args.batch_size)
+        run_id = ckpt.get('run_id', run_id)
+        apply_changes(changes, optimizer, scheduler)
         where = f'epoch {first_epoch}, window {position["window"] + 1}' if position else f'epoch {first_epoch}'
         print(f'Resuming from {resume_path} at {where}', flush=True)
-    metrics = MetricsLog(metrics_path, resume_after=(first_epoch - 1) if resume_path else None)
-
+        for name, old, new in changes:
+            print(f'Changed on resume: --{name} {old} -> {new}')
+        if 'seed' in given and args.seed != ckpt['args'].get('seed'):
+            warn('--seed is ignored on resume: the random state continues from the checkpoint')
+            args.seed = ckpt['args'].get('seed')
+    fingerprint = data_fingerprint(corpus)
     wrote_last = False  # a last checkpoint already on disk may be an earlier run's
 
     def save_last(epoch, val_loss, position):
         nonlocal wrote_last
-        save_checkpoint({**best_checkpoint(model, corpus.vocab, args, epoch, val_loss),
+        save_checkpoint({**checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id),
                          'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
                          'scaler': scaler.state_dict() if scaler is not None else None,
-                         'best_val_loss': best_val, 'position': position, 'rng': rng_state()},
-                        last_path)
+                         'best_val_loss': best_val, 'position': position, 'rng': rng_state(),
+                         'data_fingerprint': fingerprint}, files.last)
         wrote_last = True
 
+    if first_epoch > args.epochs:
+        print(f'Nothing to train: {first_epoch - 1} epochs are done and --epochs is {args.epochs}.')
     val_loss = None
     try:
+        metrics = MetricsLog(files.metrics, resume_after=(first_epoch - 1) if ckpt else None)
         for epoch in range(first_epoch, args.epochs + 1):
             if stop.signum:
                 break
@@ -229,7 +265,7 @@ def train(args, device, stop):
                     raise RunError(
                         f'the training loss became NaN or infinite in epoch {epoch}, window '
                         f'{e.window} of {n_windows}; try a lower --lr (now {args.lr}) or --clip '
-                        f'(now {args.clip}). {best_path} is unchanged.') from None
+                        f'(now {args.clip}). {files.best} is unchanged.') from None
             train_seconds = seconds + time.time() - t0
             if result.next_window < n_windows:  # stopped by a signal in mid-epoch
                 save_last(epoch, val_loss, {'window': result.next_window, 'losses': result.losses,
@@ -237,8 +273,11 @@ def train(args, device, stop):
                                             'seconds': train_seconds})
                 break
 
-            val_loss, val_no_sos = evaluate(model, valid_data, args.seq_length, forward=forward,
-                                            autocast_dtype=autocast_dtype)
+            with tqdm(total=len(data.window_starts(valid_data, args.seq_length)), desc='Validation',
+                      file=sys.stderr, leave=False) as bar:
+                val_loss, val_no_sos = evaluate(model, valid_data, args.seq_length, forward=forward,
+                                                autocast_dtype=autocast_dtype,
+                                                on_window=lambda k: bar.update())
             elapsed = seconds + time.time() - t0
             print(f'Epoch: {epoch}, Validation Loss: {val_loss:.4f}, Validation Perplexity: '
                   f'{perplexity(val_loss):.4f}, Time: {int(elapsed // 60)}m {int(elapsed % 60)}s')
@@ -248,7 +287,7 @@ def train(args, device, stop):
             print(f'current lr: {lrs}', flush=True)
             if val_loss < best_val:
                 best_val = val_loss
-                save_checkpoint(best_checkpoint(model, corpus.vocab, args, epoch, val_loss), best_path)
+                save_checkpoint(checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id), files.best)
                 print(f'Best model saved with Perplexity: {perplexity(val_loss):.4f}', flush=True)
             train_loss = epoch_loss(result.losses, train_data, args.seq_length)
             metrics.append({'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
@@ -261,31 +300,62 @@ def train(args, device, stop):
             save_last(epoch, val_loss, None)
     except OSError as e:
         raise RunError(f'could not write {e.filename or "a checkpoint"}: {e.strerror or e}. '
-                       f'The checkpoints already on disk are unchanged; resume with: '
-                       f'{resume_command(last_path)}') from None
+                       f'The files already on disk are unchanged; resume with: '
+                       f'{resume_command(files.last if wrote_last else resume_path or files.last)}') from None
 
     if stop.signum:
         print(f'Training stopped by {stop.name}.', file=sys.stderr, end=' ')
-        resumable = last_path if wrote_last else resume_path
+        resumable = files.last if wrote_last else resume_path
         if resumable is not None:
             print(f'Resume with:\n  {resume_command(resumable)}', file=sys.stderr, flush=True)
         else:
             print('No epoch had started, so there is nothing to resume.', file=sys.stderr, flush=True)
-        if stop.signum == signal.SIGTERM:
-            return 128 + signal.SIGTERM
-    if math.isinf(best_val):  # a best_model.pt on disk now would be some earlier run's
+        if stop.signum == signal.SIGTERM or math.isinf(best_val):
+            return 128 + stop.signum
+    if math.isinf(best_val):
         raise RunError('no epoch finished, so there is no best model to test')
-    model.load_state_dict(load_checkpoint(best_path, map_location=device)['model_state'])
+    best = load_checkpoint(best_path, map_location=device)
+    if best.get('run_id') != run_id:
+        raise RunError(f'{best_path} is not this run\'s best model (another run wrote it); this '
+                       f'run\'s best model was saved beside the --save_path it started with. Test '
+                       f'it with: python demo_tie.py --eval_only --save_path PATH')
+    model.load_state_dict(best['model_state'])
+    stop.immediate = True  # a signal now ends the test at once; --eval_only repeats it
     print_test_block(model, test_data, args.seq_length, forward=forward, autocast_dtype=autocast_dtype)
     return 0
+
+
+def apply_changes(changes, optimizer, scheduler):
+    """Put the flags changed on resume into effect (--clip and --dropout are read from `args`
+    and the model's construction)."""
+    for name, _, new in changes:
+        if name in ('lr', 'weight_decay'):
+            for group in optimizer.param_groups:
+                group[name] = new
+        elif name == 'lr_factor':
+            scheduler.factor = new
+        elif name == 'lr_patience':
+            scheduler.patience = new
+
+
+def explicit_flags(parser, argv):
+    """The flags given on the command line (not left at their defaults)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.tied and args.embed_size != args.hidden_size:
+    given = explicit_flags(parser, argv)
+    if args.tied and args.embed_size != args.hidden_size and args.resume is None:
         parser.error(f'--tied needs --embed_size equal to --hidden_size '
                      f'(got {args.embed_size} and {args.hidden_size})')
+    if 0 < args.max_vocab < len(data.SPECIALS) + 2:
+        parser.error(f'--max_vocab {args.max_vocab} leaves no room for words (the specials and '
+                     '<unk> take 4 places); use 0 for no limit')
     sys.stdout.reconfigure(line_buffering=True)
     try:
         device = pick_device(args.device)
@@ -297,7 +367,7 @@ def main(argv=None):
     stop = StopRequest()  # installed before the data is read, so no signal is lost
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return eval_only(args, device) if args.eval_only else train(args, device, stop)
+        return eval_only(args, device, stop) if args.eval_only else train(args, given, device, stop)
     except (data.DataError, CheckpointError, RunError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -10,14 +10,16 @@ import sys
 import torch
 
 import data
-from checkpoint import CheckpointError, build_model, load_checkpoint
+from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
 from engine import mixed_precision
 from options import (add_device_flags, apply_threads, checked_number, non_negative_int, positive_float,
                      positive_int, seed_value)
 from model import pick_device
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Generate text with a trained LSTM language model')
+    parser = argparse.ArgumentParser(
+        description='Generate text with a trained LSTM language model',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--seed_text', type=str, default='', help='Words to continue (empty: start a new sentence)')
     parser.add_argument('--checkpoint', type=str, default='best_model.pt', help='Checkpoint written by demo_tie.py (its --save_path)')
     parser.add_argument('--num_words', type=positive_int, default=50, help='Number of words to generate')
@@ -113,7 +115,7 @@ def main(argv=None):
     if warning:
         print(f'warning: {warning}', file=sys.stderr)
     try:
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
         model = build_model(ckpt, device)
     except CheckpointError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -40,7 +40,9 @@ def read_curve(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Plot validation perplexity curves')
+    parser = argparse.ArgumentParser(
+        description='Plot validation perplexity curves',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('csv', nargs='+', help='metrics CSVs written by demo_tie.py')
     parser.add_argument('-o', '--output', default='curves.png', help='image to write (PNG, SVG, PDF)')
     args = parser.parse_args(argv)

@@ -1,20 +1,104 @@
-"""State that outlives the process: seeds and RNG states, the resume checks, the metrics
-CSV, and the signal handler that lets a run stop at a window's edge and continue later.
+"""State that outlives the process: the run's files and their lock, seeds and RNG states, what
+a resume must agree on, the metrics CSV, and the signal handler that lets a run stop at a
+window's edge and continue later.
+
+A run writes three files beside --save_path (best_model.pt by default):
+
+    best_model.pt        the model with the best validation loss
+    best_model.last.pt   everything needed to continue: optimizer, scheduler, RNG states,
+                         the position in the epoch, the data's fingerprint, the run's id
+    best_model.csv       one row of metrics per epoch
+
+and holds an OS lock on best_model.lock while it runs (released by the OS when the process
+ends, however it ends).
 """
 import csv
+import glob
+import hashlib
+import io
 import os
 import random
 import shlex
 import signal
 import sys
+import tempfile
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from checkpoint import MODEL_ARGS, CheckpointError, model_args
+from checkpoint import CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two runs on one path are not detected there
+    fcntl = None
 
 METRICS_COLUMNS = ['epoch', 'train_loss', 'train_ppl', 'val_loss', 'val_ppl', 'val_loss_no_sos',
                    'val_ppl_no_sos', 'lr', 'seconds', 'train_tokens_per_s']
+
+
+class RunFiles(NamedTuple):
+    best: str
+    last: str
+    metrics: str
+    lock: str
+
+    @classmethod
+    def beside(cls, save_path):
+        """best_model.pt -> best_model.pt, best_model.last.pt, best_model.csv, best_model.lock;
+        refuses a path whose files would be one another (m.csv) or that names no file."""
+        if not save_path or save_path.endswith(('/', os.sep)) or os.path.isdir(save_path):
+            raise CheckpointError(f'--save_path {save_path!r} names no file; give one such as '
+                                  'runs/model.pt')
+        stem = os.path.splitext(save_path)[0]
+        files = cls(save_path, stem + '.last.pt', stem + '.csv', stem + '.lock')
+        if len({os.path.abspath(p) for p in files}) < len(files):
+            raise CheckpointError(f'--save_path {save_path} would make the checkpoint and its '
+                                  f'companions ({files.last}, {files.metrics}) the same file; use '
+                                  f'a name ending in .pt')
+        return files
+
+    def existing(self):
+        return [p for p in (self.best, self.last, self.metrics) if os.path.exists(p)]
+
+    def remove_stale_temporaries(self):
+        """Temporary files left by a write that was killed (save_checkpoint's `.NAME.*.tmp`);
+        called while holding the lock, so none of them can be another live run's."""
+        for path in (self.best, self.last, self.metrics):
+            folder, name = os.path.split(os.path.abspath(path))
+            for tmp in glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(name)}.*.tmp')):
+                try:
+                    os.remove(tmp)
+                except OSError:
+                    pass
+
+
+_held_locks = []
+
+
+def hold_lock(files):
+    """Take an exclusive OS lock on files.lock for the rest of the process's life. A second trainer on the same --save_path is refused; the
+    OS drops the lock when a process dies, even by kill -9, so no stale lock remains."""
+    if fcntl is None:
+        return
+    try:
+        handle = open(files.lock, 'a+')
+    except OSError as e:
+        raise CheckpointError(f'cannot write {files.lock}: {e.strerror or e}') from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or 'another process'
+        handle.close()
+        raise CheckpointError(f'another trainer ({holder}) is writing {files.best} and its '
+                              'companions; wait for it to end, or use another --save_path') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'pid {os.getpid()}\n')
+    handle.flush()
+    _held_locks.append(handle)
 
 
 def seed_everything(seed):
@@ -42,67 +126,183 @@ def set_rng_state(state):
     random.setstate((version, tuple(internal), gauss))
 
 
-def check_resumable(ckpt, path, args, vocab):
-    if 'optimizer' not in ckpt:
-        raise CheckpointError(f'{path} holds a model only; resume from the ".last.pt" '
-                              'checkpoint written beside it')
-    if ckpt['vocab'] != vocab:
-        raise CheckpointError(f'{path} was trained on another vocabulary than {args.data_dir} gives')
-    wanted = model_args(args, len(vocab))
-    differ = [k for k in MODEL_ARGS if ckpt['model_args'][k] != wanted[k]]
-    if ckpt.get('position') is not None:
-        differ += [k for k in ('batch_size', 'seq_length') if ckpt['args'].get(k) != getattr(args, k)]
-    if differ:
-        saved = ' '.join(f'--{k} {ckpt["args"].get(k)}' for k in differ if k != 'vocab_size')
-        raise CheckpointError(f'{path} was made with other settings: {saved}; pass the same ones')
+def data_fingerprint(corpus):
+    """A digest of each split's token ids: a resume on other data is refused, naming the split."""
+    return {split: hashlib.sha256(getattr(corpus, split).contiguous().numpy()).hexdigest()
+            for split in ('train', 'valid', 'test')}
 
 
-def restore(ckpt, model, optimizer, scheduler, scaler):
+# ---------------------------------------------------------------------------- what a resume agrees on
+
+# Flags that define the model or the data: on resume they come from the checkpoint, and one
+# given that says otherwise is refused.
+FIXED_ON_RESUME = ('embed_size', 'hidden_size', 'num_layers', 'tied', 'max_vocab', 'min_count')
+# Flags that may change on resume: the new value is applied from the next window on, and said.
+CHANGEABLE_ON_RESUME = ('lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip', 'dropout')
+# Fixed in the middle of an epoch (the position is a window of this layout); free between epochs.
+LAYOUT = ('batch_size', 'seq_length')
+
+
+def flag_syntax(name, value):
+    if isinstance(value, bool):
+        return f'--{name}' if value else f'no --{name}'
+    return f'--{name} {value}'
+
+
+def merge_resume_args(args, given, saved, mid_epoch):
+    """Settle `args` for a resume: flags not `given` on the command line take the
+    checkpoint's values (`saved`); given ones must agree with it where they define the model,
+    data or layout. Returns the changed flags as (name, old, new)."""
+    conflicts, changes = [], []
+    for name in FIXED_ON_RESUME + LAYOUT + CHANGEABLE_ON_RESUME:
+        if name not in saved:
+            continue  # a checkpoint from before the flag existed
+        if name not in given:
+            setattr(args, name, saved[name])
+        elif getattr(args, name) != saved[name]:
+            if name in CHANGEABLE_ON_RESUME or (name in LAYOUT and not mid_epoch):
+                changes.append((name, saved[name], getattr(args, name)))
+            else:
+                conflicts.append(name)
+    if conflicts:
+        wanted = ', '.join(flag_syntax(n, saved[n]) for n in conflicts)
+        raise CheckpointError(f'the run being resumed was made with {wanted}; leave these flags '
+                              'out (they come from the checkpoint) or give those values'
+                              + (' (batch size and window length can change between epochs, not '
+                                 'inside one)' if set(conflicts) & set(LAYOUT) else ''))
+    return changes
+
+
+def check_same_data(ckpt, path, corpus, data_dir):
+    if ckpt['vocab'] != corpus.vocab:
+        raise CheckpointError(f'{path} was trained on another vocabulary than {data_dir} gives '
+                              '(train.txt has changed, or --data_dir is another corpus)')
+    saved = ckpt.get('data_fingerprint')
+    if saved:
+        now = data_fingerprint(corpus)
+        changed = [f'{split}.txt' for split in now if saved.get(split) != now[split]]
+        if changed:
+            raise CheckpointError(f'{", ".join(changed)} in {data_dir} differ from the data this run '
+                                  'started with; resume with the same data, or start a new run')
+
+
+def restore(ckpt, path, model, optimizer, scheduler, scaler, n_windows, batch_size):
     """Load a last checkpoint's state; returns (first epoch to run, best validation loss,
-    position in that epoch or None)."""
-    model.load_state_dict(ckpt['model_state'])
-    optimizer.load_state_dict(ckpt['optimizer'])
-    scheduler.load_state_dict(ckpt['scheduler'])
-    if scaler is not None and ckpt.get('scaler'):
-        scaler.load_state_dict(ckpt['scaler'])
-    set_rng_state(ckpt['rng'])
-    position = ckpt['position']
-    return ckpt['epoch'] + (1 if position is None else 0), ckpt['best_val_loss'], position
+    position in that epoch or None). A checkpoint that loads but does not fit is refused."""
+    try:
+        model.load_state_dict(ckpt['model_state'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scheduler.load_state_dict(ckpt['scheduler'])
+        if scaler is not None and ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
+        set_rng_state(ckpt['rng'])
+        position, epoch, best_val = ckpt['position'], int(ckpt['epoch']), float(ckpt['best_val_loss'])
+        if position is not None:
+            num_layers, hidden_size = model.num_layers, model.hidden_size
+            ok = (0 < int(position['window']) < n_windows
+                  and tuple(position['losses'].shape) == (n_windows,)
+                  and len(position['hidden']) == 2
+                  and all(tuple(h.shape) == (num_layers, batch_size, hidden_size) for h in position['hidden'])
+                  and float(position['seconds']) >= 0)
+            if not ok:
+                raise ValueError('its position in the epoch does not fit this model and data')
+        for group in optimizer.param_groups:
+            for p in group['params']:
+                state = optimizer.state.get(p, {})
+                for value in state.values():
+                    if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                        raise ValueError('its optimizer state does not fit the model')
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
+                              'another last checkpoint, or start afresh with --overwrite') from None
+    return epoch + (1 if position is None else 0), best_val, position
+
+
+# ---------------------------------------------------------------------------- metrics CSV
+
+def write_atomically(path, text):
+    """Write text to a temporary file beside `path`, flush it to disk, rename it over `path`."""
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'w', newline='', encoding='utf-8') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 class MetricsLog:
-    """One CSV row per epoch. On resume, rows after the checkpoint's epoch (written before
-    a crash could save that epoch's checkpoint) are dropped, so no epoch appears twice."""
+    """One CSV row per epoch, the whole file rewritten atomically at each row (a kill or a
+    full disk leaves the previous version). Created with its first row. On resume, rows after
+    the checkpoint's epoch (written before a crash could save that epoch's checkpoint) are
+    dropped, so no epoch appears twice; a file that cannot be read whole is refused, not
+    silently shortened."""
 
     def __init__(self, path, resume_after=None):
-        self.path = path
-        if resume_after is None or not os.path.exists(path):
-            with open(path, 'w', newline='') as f:
-                csv.writer(f).writerow(METRICS_COLUMNS)
-            return
-        with open(path, newline='') as f:
-            rows = [r for r in csv.DictReader(f) if r.get('epoch', '').isdigit()
-                    and int(r['epoch']) <= resume_after]
-        with open(path, 'w', newline='') as f:
-            writer = csv.DictWriter(f, METRICS_COLUMNS, extrasaction='ignore')
-            writer.writeheader()
-            writer.writerows(rows)
+        self.path, self.rows = path, []
+        if resume_after is not None and os.path.exists(path):
+            self.rows = [r for r in read_metrics(path) if int(r['epoch']) <= resume_after]
+            self._write()
 
     def append(self, row):
-        with open(self.path, 'a', newline='') as f:
-            csv.DictWriter(f, METRICS_COLUMNS).writerow(row)
+        self.rows.append(row)
+        self._write()
 
+    def _write(self):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, METRICS_COLUMNS, extrasaction='ignore', lineterminator='\n')
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomically(self.path, out.getvalue())
+
+
+def read_metrics(path):
+    """The rows of a metrics CSV, read as a spreadsheet may have saved it (a UTF-8 byte-order
+    mark, `;` between fields, CRLF). Raises CheckpointError, leaving the file as it is, when
+    the header is not ours or a row has no integer epoch."""
+    try:
+        with open(path, encoding='utf-8-sig', newline='') as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'cannot read the metrics file {path} ({e}); it was left as it is') from None
+    first = text.splitlines()[0] if text.strip() else ''
+    delimiter = ';' if first.count(';') > first.count(',') else ','
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    if reader.fieldnames is None or 'epoch' not in reader.fieldnames \
+            or not set(reader.fieldnames) <= set(METRICS_COLUMNS):
+        raise CheckpointError(f'{path} is not a metrics file this trainer wrote (its header is '
+                              f'{first[:80]!r}); it was left as it is. Move it away to resume')
+    rows = list(reader)
+    bad = [i + 2 for i, r in enumerate(rows) if not (r.get('epoch') or '').strip().isdigit()]
+    if bad:
+        raise CheckpointError(f'{path}, line {bad[0]}: no epoch number; it was left as it is. '
+                              'Fix or remove that line to resume')
+    return [{k: (v or '').strip() for k, v in r.items() if k} | {'epoch': int(r['epoch'])} for r in rows]
+
+
+# ---------------------------------------------------------------------------- signals
 
 class StopRequest:
-    """SIGINT/SIGTERM handler: training stops after the window in progress. A second
-    Ctrl-C stops at once."""
+    """SIGINT/SIGTERM handler. During training the run stops after the window in progress
+    and writes its last checkpoint. A second Ctrl-C, or a signal while `immediate` is set
+    (the final test), ends the process at once with 128 + the signal's number: the files on
+    disk are complete, since each is replaced in one rename."""
 
     def __init__(self):
         self.signum = None
+        self.immediate = False
 
     def __call__(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.immediate or (self.signum is not None and signum == signal.SIGINT):
+            sys.stdout.flush()
+            print(f'\n{signal.Signals(signum).name} received: stopped at once', file=sys.stderr, flush=True)
+            os._exit(128 + signum)
         self.signum = signum
         print(f'\n{signal.Signals(signum).name} received: stopping after the current window',
               file=sys.stderr, flush=True)
@@ -113,14 +313,15 @@ class StopRequest:
 
 
 def resume_command(last_path):
-    """This run's command line with `--resume last_path` in place of any --resume it had."""
+    """This run's command line with `--resume last_path` in place of any --resume or
+    --overwrite it had."""
     argv, rest = [], iter(sys.argv[1:])
     for arg in rest:
         if arg == '--resume':
             next_arg = next(rest, None)
             if next_arg is not None and next_arg.startswith('-'):
                 argv.append(next_arg)
-        elif not arg.startswith('--resume='):
+        elif not arg.startswith('--resume=') and arg != '--overwrite':
             argv.append(arg)
     return ' '.join(['python', 'demo_tie.py'] + [shlex.quote(a) for a in argv]
                     + ['--resume', shlex.quote(last_path)])

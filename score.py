@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from checkpoint import CheckpointError, build_model, load_checkpoint
+from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
 from engine import mixed_precision, perplexity, token_losses
 from model import pick_device
 from options import add_device_flags, apply_threads, positive_int
@@ -37,7 +37,9 @@ LINES_PER_BATCH = 64  # --independent: lines scored side by side (sorted by leng
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Score text with a trained LSTM language model')
+    parser = argparse.ArgumentParser(
+        description='Score text with a trained LSTM language model',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('input', help="Text file to score, one sentence a line ('-' for stdin)")
     parser.add_argument('--checkpoint', type=str, default='best_model.pt', help='Checkpoint written by demo_tie.py (its --save_path)')
     parser.add_argument('--batch_size', type=positive_int, default=None, help="Rows the text is laid out in (default: the checkpoint's, as in evaluation; 1: one continuous stream)")
@@ -210,7 +212,7 @@ def main(argv=None):
     if warning:
         print(f'warning: {warning}', file=sys.stderr)
     try:
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
         model = build_model(ckpt, device)
         vocab = ckpt['vocab']
         text = read_text(args.input, vocab)
