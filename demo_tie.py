@@ -27,12 +27,14 @@ from checkpoint import (CheckpointError, best_checkpoint, build_model, check_wri
                         load_checkpoint, model_args, save_checkpoint)
 from engine import (NonFiniteLoss, epoch_loss, evaluate, keep_freed_memory, make_optimizer,
                     mixed_precision, perplexity, train_epoch)
-from model import LSTMLanguageModel, count_parameters, detach_hidden, pick_device
+from distributed import ShareError
+from distributed import setup as setup_processes
+from model import LSTMLanguageModel, count_parameters, detach_hidden
 from options import (add_device_flags, apply_threads, factor, non_negative_float,
                      non_negative_int, positive_float, positive_int, probability, seed_value)
 from runstate import (MetricsLog, RunFiles, StopRequest, check_same_data, data_fingerprint,
                       hold_lock, merge_resume_args, restore, resume_command, rng_state,
-                      seed_everything)
+                      seed_everything, set_rng_state)
 
 RULE = '-' * 41
 
@@ -75,37 +77,46 @@ class RunError(Exception):
     """Ends the run with a message and exit status 1."""
 
 
-def speedups(args, model, device):
+def speedups(args, model, forward, device, rows):
     """(forward, autocast dtype, GradScaler) for --amp and --compile, with a warning where
-    one is unsupported and the default path instead."""
+    one is unsupported and the default path instead. `forward` is the model, or its
+    DistributedDataParallel wrapper; `rows` this process's batch rows."""
     dtype, scaler, warning = mixed_precision(device, args.amp)
     if warning:
         warn(warning)
-    forward = model
     if args.compile:
+        eager = forward
         try:
-            forward = torch.compile(model)
+            forward = torch.compile(eager)
             with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), \
                     torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                x = torch.zeros(args.batch_size, args.seq_length, dtype=torch.long, device=device)
-                forward(x, model.init_hidden(args.batch_size))[0].sum().backward()
+                x = torch.zeros(rows, args.seq_length, dtype=torch.long, device=device)
+                forward(x, model.init_hidden(rows))[0].sum().backward()
             model.zero_grad(set_to_none=True)
         except Exception as e:  # compilers fail in many ways; all mean "run eagerly"
             warn(f'--compile is not supported here ({type(e).__name__}); running uncompiled')
-            forward = model
+            forward = eager
     return forward, dtype, scaler
 
 
+SPEAKS = True  # False in every process but the first under torchrun
+
+
 def warn(message):
-    print(f'warning: {message}', file=sys.stderr, flush=True)
+    if SPEAKS:
+        print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+def bar(**kw):
+    """A progress bar on stderr, shown by the first process only."""
+    return tqdm(file=sys.stderr, disable=not SPEAKS, **kw)
 
 
 def print_test_block(model, test_data, seq_length, **kw):
     print(RULE)
     print('Testing: ', flush=True)
-    with tqdm(total=len(data.window_starts(test_data, seq_length)), desc='Test Evaluation',
-              file=sys.stderr) as bar:
-        loss, loss_no_sos = evaluate(model, test_data, seq_length, on_window=lambda k: bar.update(), **kw)
+    with bar(total=len(data.window_starts(test_data, seq_length)), desc='Test Evaluation') as progress:
+        loss, loss_no_sos = evaluate(model, test_data, seq_length, on_window=lambda k: progress.update(), **kw)
     print(RULE)
     print(f'Test Loss: {loss:.4f}, Test Perplexity: {perplexity(loss):.4f}')
     print(f'Test Loss without <sos>: {loss_no_sos:.4f}, Test Perplexity without <sos>: '
@@ -117,7 +128,7 @@ def print_validation_no_sos(loss_no_sos):
           f'{perplexity(loss_no_sos):.4f}')
 
 
-def eval_only(args, device, stop):
+def eval_only(args, device, stop, group):
     stop.immediate = True  # nothing to save: a signal ends the evaluation at once
     ckpt = load_checkpoint(args.save_path)
     model = build_model(ckpt, device)
@@ -131,12 +142,12 @@ def eval_only(args, device, stop):
     print(f'Evaluating {args.save_path} (epoch {ckpt.get("epoch")}, --batch_size {batch_size} '
           f'--seq_length {seq_length} as in training)')
     check_eval_sizes(corpus, batch_size)
-    valid_data = data.batchify(corpus.valid, batch_size).to(device)
-    test_data = data.batchify(corpus.test, batch_size).to(device)
-    val_loss, val_no_sos = evaluate(model, valid_data, seq_length)
+    valid_data = group.rows(data.batchify(corpus.valid, batch_size)).to(device)
+    test_data = group.rows(data.batchify(corpus.test, batch_size)).to(device)
+    val_loss, val_no_sos = evaluate(model, valid_data, seq_length, add_across=group.sum)
     print(f'Validation Loss: {val_loss:.4f}, Validation Perplexity: {perplexity(val_loss):.4f}')
     print_validation_no_sos(val_no_sos)
-    print_test_block(model, test_data, seq_length)
+    print_test_block(model, test_data, seq_length, add_across=group.sum)
     return 0
 
 
@@ -159,33 +170,64 @@ def checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id):
     return {**best_checkpoint(model, corpus.vocab, args, epoch, val_loss), 'run_id': run_id}
 
 
-def train(args, given, device, stop):
+def claim_save_path(args, given, group):
+    """Before anything is read: the run's files, and on resume the checkpoint with the flags
+    settled from it. Only the first process checks and locks the files; all read the
+    checkpoint. Returns (files, checkpoint or None, resume path or None, changed flags)."""
+    files = RunFiles.beside(args.save_path)
+    if group.is_main:
+        check_writable(files.best)  # makes its folder, so that the lock can be taken there
+        hold_lock(files)
+        files.remove_stale_temporaries()
+    if args.resume is None:
+        if group.is_main and files.existing():
+            if not args.overwrite:
+                raise RunError(f'{", ".join(files.existing())} are from an earlier run. Continue it '
+                               f'with --resume, or start afresh with --overwrite (which deletes them)')
+            for path in files.existing():
+                os.remove(path)
+        return files, None, None, []
+    resume_path = args.resume or files.last
+    ckpt = load_checkpoint(resume_path)
+    if 'optimizer' not in ckpt:
+        raise CheckpointError(f'{resume_path} holds a model only; resume from the ".last.pt" '
+                              'checkpoint written beside it')
+    changes = merge_resume_args(args, given, ckpt.get('args') or {},
+                                mid_epoch=ckpt.get('position') is not None)
+    return files, ckpt, resume_path, changes
+
+
+def restore_random_state(ckpt, group, seed):
+    """Each process's random state as the checkpoint left it; with another number of
+    processes than the checkpoint's, the first process's, and fresh streams for the others."""
+    states = ckpt.get('rng_of_processes') or [ckpt['rng']]
+    if len(states) == group.world_size:
+        set_rng_state(states[group.rank])
+        return
+    set_rng_state(ckpt['rng'])
+    if group.rank:
+        seed_process(seed, group.rank)
+    warn(f'the checkpoint was written by {len(states)} process(es), this job has '
+         f'{group.world_size}: training continues correctly, but the dropout masks of processes '
+         'after the first start afresh, so the run is not bit-identical to an uninterrupted one')
+
+
+def seed_process(seed, rank):
+    """Dropout differs from process to process: each draws from its own seed."""
+    if rank:
+        seed_everything(seed + 1_000_003 * rank)
+
+
+def train(args, given, device, stop, group):
     """The run, step by step: claim the save path, settle the flags (from the checkpoint on
     resume), read the data, build or restore the model, train epoch by epoch, test."""
-    files = RunFiles.beside(args.save_path)
-    check_writable(files.best)  # makes its folder, so that the lock can be taken there
-    hold_lock(files)
-    files.remove_stale_temporaries()
-    resume_path, ckpt, changes = None, None, []
-    if args.resume is not None:
-        resume_path = args.resume or files.last
-        ckpt = load_checkpoint(resume_path)  # fail early, before reading the data
-        if 'optimizer' not in ckpt:
-            raise CheckpointError(f'{resume_path} holds a model only; resume from the ".last.pt" '
-                                  'checkpoint written beside it')
-        changes = merge_resume_args(args, given, ckpt.get('args') or {},
-                                    mid_epoch=ckpt.get('position') is not None)
-    elif files.existing():
-        if not args.overwrite:
-            raise RunError(f'{", ".join(files.existing())} are from an earlier run. Continue it '
-                           f'with --resume, or start afresh with --overwrite (which deletes them)')
-        for path in files.existing():
-            os.remove(path)
+    files, ckpt, resume_path, changes = claim_save_path(args, given, group)
     if args.tied and args.embed_size != args.hidden_size:
         raise RunError(f'--tied needs --embed_size equal to --hidden_size '
                        f'(got {args.embed_size} and {args.hidden_size})')
-    for path in (files.last, files.metrics):
-        check_writable(path)
+    if group.is_main:
+        for path in (files.last, files.metrics):
+            check_writable(path)
     corpus = data.load_corpus(args.data_dir, max_vocab=args.max_vocab, min_count=args.min_count)
     data.check_size('train', corpus.train, args.batch_size, args.seq_length)
     check_eval_sizes(corpus, args.batch_size)
@@ -199,22 +241,29 @@ def train(args, given, device, stop):
     print(model)
     print(f'Total parameters: {count_parameters(model)}')
     print()
+    if group.world_size > 1:
+        print(f'Processes: {group.world_size} ({args.batch_size // group.world_size} of the '
+              f'{args.batch_size} rows each)')
 
+    # each process's rows of the batched streams (all of them without torchrun)
+    train_data = group.rows(data.batchify(corpus.train, args.batch_size)).to(device)
+    valid_data = group.rows(data.batchify(corpus.valid, args.batch_size)).to(device)
+    test_data = group.rows(data.batchify(corpus.test, args.batch_size)).to(device)
+    n_windows = len(data.window_starts(train_data, args.seq_length))
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode='min', factor=args.lr_factor, patience=args.lr_patience)
-    forward, autocast_dtype, scaler = speedups(args, model, device)
-    train_data = data.batchify(corpus.train, args.batch_size).to(device)
-    valid_data = data.batchify(corpus.valid, args.batch_size).to(device)
-    test_data = data.batchify(corpus.test, args.batch_size).to(device)
-    n_windows = len(data.window_starts(train_data, args.seq_length))
+    forward, autocast_dtype, scaler = speedups(args, model, group.wrap(model), device, train_data.size(0))
+    evaluator = forward if group.world_size == 1 else model  # evaluation needs no gradient sync
+    seed_process(args.seed, group.rank)
 
     first_epoch, best_val, position = 1, math.inf, None
-    run_id, best_path = uuid.uuid4().hex, files.best
+    run_id = uuid.uuid4().hex
     if ckpt is not None:
         first_epoch, best_val, position = restore(ckpt, resume_path, model, optimizer, scheduler,
                                                   scaler, n_windows, args.batch_size)
-        run_id = ckpt.get('run_id', run_id)
+        restore_random_state(ckpt, group, args.seed)
+        run_id = ckpt.get('run_id')  # None for a checkpoint from before run ids: its best has none
         apply_changes(changes, optimizer, scheduler)
         where = f'epoch {first_epoch}, window {position["window"] + 1}' if position else f'epoch {first_epoch}'
         print(f'Resuming from {resume_path} at {where}', flush=True)
@@ -226,41 +275,52 @@ def train(args, given, device, stop):
     fingerprint = data_fingerprint(corpus)
     wrote_last = False  # a last checkpoint already on disk may be an earlier run's
 
-    def save_last(epoch, val_loss, position):
+    def save_last(epoch, val_loss, position, window_losses):
+        """Every process takes part (the hidden and random states are gathered); the first
+        one writes."""
         nonlocal wrote_last
-        save_checkpoint({**checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id),
-                         'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
-                         'scaler': scaler.state_dict() if scaler is not None else None,
-                         'best_val_loss': best_val, 'position': position, 'rng': rng_state(),
-                         'data_fingerprint': fingerprint}, files.last)
+        if position is not None:
+            position['hidden'] = tuple(group.gather_rows(h) for h in position['hidden'])
+        rngs = group.gather_objects(rng_state())
+        if group.is_main:
+            save_checkpoint({**checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id),
+                             'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                             'scaler': scaler.state_dict() if scaler is not None else None,
+                             'best_val_loss': best_val, 'position': position, 'rng': rngs[0],
+                             'rng_of_processes': rngs, 'window_losses': window_losses.cpu(),
+                             'data_fingerprint': fingerprint}, files.last)
         wrote_last = True
 
     if first_epoch > args.epochs:
         print(f'Nothing to train: {first_epoch - 1} epochs are done and --epochs is {args.epochs}.')
-    val_loss = None
+    val_loss, stopped = None, False
     try:
-        metrics = MetricsLog(files.metrics, resume_after=(first_epoch - 1) if ckpt else None)
+        metrics = MetricsLog(files.metrics, resume_after=(first_epoch - 1) if ckpt else None) \
+            if group.is_main else None
         for epoch in range(first_epoch, args.epochs + 1):
-            if stop.signum:
+            if group.stop_agreed(stop.signum is not None, now=True):
+                stopped = True
                 break
             start, hidden, losses, seconds = 0, None, None, 0.0
             if position is not None:  # resuming in mid-epoch
                 start, seconds = position['window'], position['seconds']
-                hidden = tuple(h.to(device) for h in position['hidden'])
+                hidden = tuple(group.rows(h, dim=1).contiguous().to(device) for h in position['hidden'])
                 losses = position['losses'].to(device)
                 position = None
             t0 = time.time()
-            with tqdm(total=n_windows, initial=start, desc=f'Epoch {epoch}', file=sys.stderr,
-                      leave=False, dynamic_ncols=True) as bar:
+            with bar(total=n_windows, initial=start, desc=f'Epoch {epoch}', leave=False,
+                     dynamic_ncols=True) as progress:
                 def show(k, running_loss):
-                    bar.update()
+                    progress.update()
                     if running_loss is not None:
-                        bar.set_postfix(loss=f'{running_loss:.3f}', ppl=f'{perplexity(running_loss):.1f}')
+                        progress.set_postfix(loss=f'{running_loss:.3f}', ppl=f'{perplexity(running_loss):.1f}')
                 try:
                     result = train_epoch(model, train_data, optimizer, args.seq_length, args.clip,
                                          start=start, hidden=hidden, losses=losses, forward=forward,
                                          autocast_dtype=autocast_dtype, scaler=scaler,
-                                         should_stop=lambda: stop.signum is not None, on_window=show)
+                                         should_stop=lambda: group.stop_agreed(stop.signum is not None),
+                                         on_window=show,
+                                         average_losses=group.mean if group.world_size > 1 else None)
                 except NonFiniteLoss as e:
                     raise RunError(
                         f'the training loss became NaN or infinite in epoch {epoch}, window '
@@ -270,58 +330,64 @@ def train(args, given, device, stop):
             if result.next_window < n_windows:  # stopped by a signal in mid-epoch
                 save_last(epoch, val_loss, {'window': result.next_window, 'losses': result.losses,
                                             'hidden': detach_hidden(result.hidden),
-                                            'seconds': train_seconds})
+                                            'seconds': train_seconds}, result.losses)
+                stopped = True
                 break
 
-            with tqdm(total=len(data.window_starts(valid_data, args.seq_length)), desc='Validation',
-                      file=sys.stderr, leave=False) as bar:
-                val_loss, val_no_sos = evaluate(model, valid_data, args.seq_length, forward=forward,
-                                                autocast_dtype=autocast_dtype,
-                                                on_window=lambda k: bar.update())
+            with bar(total=len(data.window_starts(valid_data, args.seq_length)), desc='Validation',
+                     leave=False) as progress:
+                val_loss, val_no_sos = evaluate(model, valid_data, args.seq_length, forward=evaluator,
+                                                autocast_dtype=autocast_dtype, add_across=group.sum,
+                                                on_window=lambda k: progress.update())
             elapsed = seconds + time.time() - t0
             print(f'Epoch: {epoch}, Validation Loss: {val_loss:.4f}, Validation Perplexity: '
                   f'{perplexity(val_loss):.4f}, Time: {int(elapsed // 60)}m {int(elapsed % 60)}s')
             print_validation_no_sos(val_no_sos)
             scheduler.step(val_loss)
-            lrs = [group['lr'] for group in optimizer.param_groups]
+            lrs = [g['lr'] for g in optimizer.param_groups]
             print(f'current lr: {lrs}', flush=True)
             if val_loss < best_val:
                 best_val = val_loss
-                save_checkpoint(checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id), files.best)
+                if group.is_main:
+                    save_checkpoint(checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id), files.best)
                 print(f'Best model saved with Perplexity: {perplexity(val_loss):.4f}', flush=True)
             train_loss = epoch_loss(result.losses, train_data, args.seq_length)
-            metrics.append({'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
-                            'train_ppl': f'{perplexity(train_loss):.4f}',
-                            'val_loss': f'{val_loss:.6f}', 'val_ppl': f'{perplexity(val_loss):.4f}',
-                            'val_loss_no_sos': f'{val_no_sos:.6f}',
-                            'val_ppl_no_sos': f'{perplexity(val_no_sos):.4f}', 'lr': lrs[0],
-                            'seconds': f'{elapsed:.2f}',
-                            'train_tokens_per_s': f'{train_data.numel() / train_seconds:.1f}'})
-            save_last(epoch, val_loss, None)
+            if metrics is not None:
+                metrics.append({'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
+                                'train_ppl': f'{perplexity(train_loss):.4f}',
+                                'val_loss': f'{val_loss:.6f}', 'val_ppl': f'{perplexity(val_loss):.4f}',
+                                'val_loss_no_sos': f'{val_no_sos:.6f}',
+                                'val_ppl_no_sos': f'{perplexity(val_no_sos):.4f}', 'lr': lrs[0],
+                                'seconds': f'{elapsed:.2f}',
+                                'train_tokens_per_s': f'{train_data.numel() * group.world_size / train_seconds:.1f}'})
+            save_last(epoch, val_loss, None, result.losses)
     except OSError as e:
         raise RunError(f'could not write {e.filename or "a checkpoint"}: {e.strerror or e}. '
                        f'The files already on disk are unchanged; resume with: '
                        f'{resume_command(files.last if wrote_last else resume_path or files.last)}') from None
 
-    if stop.signum:
-        print(f'Training stopped by {stop.name}.', file=sys.stderr, end=' ')
-        resumable = files.last if wrote_last else resume_path
-        if resumable is not None:
-            print(f'Resume with:\n  {resume_command(resumable)}', file=sys.stderr, flush=True)
-        else:
-            print('No epoch had started, so there is nothing to resume.', file=sys.stderr, flush=True)
-        if stop.signum == signal.SIGTERM or math.isinf(best_val):
-            return 128 + stop.signum
+    if stopped:
+        signum = stop.signum or signal.SIGTERM  # another process's signal stops this one too
+        if group.is_main:
+            print(f'Training stopped by {signal.Signals(signum).name}.', file=sys.stderr, end=' ')
+            resumable = files.last if wrote_last else resume_path
+            if resumable is not None:
+                print(f'Resume with:\n  {resume_command(resumable)}', file=sys.stderr, flush=True)
+            else:
+                print('No epoch had started, so there is nothing to resume.', file=sys.stderr, flush=True)
+        if signum == signal.SIGTERM or math.isinf(best_val):
+            return 128 + signum
     if math.isinf(best_val):
         raise RunError('no epoch finished, so there is no best model to test')
-    best = load_checkpoint(best_path, map_location=device)
-    if best.get('run_id') != run_id:
-        raise RunError(f'{best_path} is not this run\'s best model (another run wrote it); this '
+    best = load_checkpoint(files.best, map_location=device) if group.is_main else None
+    if group.is_main and best.get('run_id') != run_id:
+        raise RunError(f'{files.best} is not this run\'s best model (another run wrote it); this '
                        f'run\'s best model was saved beside the --save_path it started with. Test '
                        f'it with: python demo_tie.py --eval_only --save_path PATH')
-    model.load_state_dict(best['model_state'])
+    model.load_state_dict(group.gather_objects(best['model_state'] if best else None)[0])
     stop.immediate = True  # a signal now ends the test at once; --eval_only repeats it
-    print_test_block(model, test_data, args.seq_length, forward=forward, autocast_dtype=autocast_dtype)
+    print_test_block(model, test_data, args.seq_length, forward=evaluator,
+                     autocast_dtype=autocast_dtype, add_across=group.sum)
     return 0
 
 
@@ -358,18 +424,23 @@ def main(argv=None):
                      '<unk> take 4 places); use 0 for no limit')
     sys.stdout.reconfigure(line_buffering=True)
     try:
-        device = pick_device(args.device)
+        group, device = setup_processes(args.device)
     except ValueError as e:
         parser.error(str(e))
+    global SPEAKS
+    SPEAKS = group.is_main
     apply_threads(args.threads)
     seed_everything(args.seed)
     keep_freed_memory()
     stop = StopRequest()  # installed before the data is read, so no signal is lost
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return eval_only(args, device, stop) if args.eval_only else train(args, given, device, stop)
-    except (data.DataError, CheckpointError, RunError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        if args.eval_only:
+            return eval_only(args, device, stop, group)
+        return train(args, given, device, stop, group)
+    except (data.DataError, CheckpointError, RunError, ShareError) as e:
+        if group.is_main:
+            print(f'error: {e}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('\nInterrupted.', file=sys.stderr)
@@ -377,6 +448,7 @@ def main(argv=None):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        group.close()
 
 
 if __name__ == '__main__':

@@ -90,13 +90,17 @@ def mixed_precision(device, requested):
 
 def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
                 losses=None, forward=None, autocast_dtype=None, scaler=None,
-                should_stop=lambda: False, on_window=lambda k, running_loss: None):
+                should_stop=lambda: False, on_window=lambda k, running_loss: None,
+                average_losses=None):
     """One pass of truncated BPTT over `train_data` (batch_size, steps), from window `start`.
 
     The loss stays on the device: it is read every REFRESH_EVERY windows (to check it is
     finite and to report a running mean through `on_window`) rather than after each window,
-    which would make the CPU wait for the GPU. `forward` is the model, or a compiled version
-    of it. Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
+    which would make the CPU wait for the GPU. `forward` is the model, or a compiled or
+    DistributedDataParallel version of it. Under several processes, `average_losses` turns
+    each process's window losses into the whole batch's, so that every process reports, and
+    stops on, the same values. Raises NonFiniteLoss naming the first window whose loss was
+    NaN or infinite.
     """
     forward = model if forward is None else forward
     device = train_data.device
@@ -130,6 +134,8 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         stopping = should_stop()
         running_loss = None
         if k + 1 - checked >= REFRESH_EVERY or k + 1 == len(starts) or stopping:
+            if average_losses is not None:
+                losses[checked:k + 1] = average_losses(losses[checked:k + 1].clone())
             recent = losses[checked:k + 1].tolist()  # the one read from the device
             bad = next((i for i, value in enumerate(recent) if not math.isfinite(value)), None)
             if bad is not None:
@@ -159,51 +165,54 @@ class TokenLosses(NamedTuple):
     count_all: int
     count_no_sos: int
     nll: torch.Tensor      # (batch, steps - 1) loss of each target, on the CPU; or None
-    hidden: tuple          # state after the last window (each row's context at its end)
 
 
 @torch.no_grad()
 def token_losses(model, batched, seq_length, *, forward=None, autocast_dtype=None,
-                 keep_tokens=False, on_window=lambda k: None):
+                 keep_tokens=False, on_window=lambda k: None, add_across=None):
     """Cross-entropy of every target of `batched` (batch, steps), each scored once, with the
-    hidden state carried across windows; the sums are taken per window on the device and
-    added in float64 at the end, so every caller gets the same figure to the last digit.
-    With keep_tokens, also each target's loss, laid out like `batched[:, 1:]`."""
+    hidden state carried across windows. The sums are kept on the device in float64 (float32
+    on MPS, which has no float64), so that splitting the rows among processes
+    (`add_across` adds their sums) or the windows differently gives the same figure to the
+    last printed digit. With keep_tokens, also each target's loss, laid out like
+    `batched[:, 1:]`."""
     forward = model if forward is None else forward
     model.eval()
     device = batched.device
-    starts = data.window_starts(batched, seq_length)
-    sums = torch.zeros(2, len(starts), device=device)  # row 0: all targets, row 1: no <sos>
+    dtype = torch.float32 if device.type == 'mps' else torch.float64
+    totals = torch.zeros(4, dtype=dtype, device=device)  # all, no <sos>, and their counts
     kept = []
     hidden = model.init_hidden(batched.size(0))
-    for k, start in enumerate(starts):
+    for k, start in enumerate(data.window_starts(batched, seq_length)):
         x, y = data.get_window(batched, start, seq_length)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits, hidden = forward(x, hidden)
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
                               reduction='none')
-        sums[0, k] = nll.sum()
+        totals[0] += nll.sum(dtype=dtype)
         # masked_fill, not boolean indexing, which would make the CPU wait for the GPU
-        sums[1, k] = nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum()
+        totals[1] += nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum(dtype=dtype)
         if keep_tokens:
             kept.append(nll.view(y.shape).cpu())
         on_window(k)
     targets = batched[:, 1:]
-    count_all = targets.numel()
-    count_no_sos = count_all - int((targets == data.SOS).sum())
-    sum_all, sum_no_sos = (math.fsum(row) for row in sums.tolist())
-    return TokenLosses(sum_all, sum_no_sos, count_all, count_no_sos,
-                       torch.cat(kept, 1) if keep_tokens else None, hidden)
+    totals[2] += targets.numel()
+    totals[3] += int((targets != data.SOS).sum())
+    if add_across is not None:
+        totals = add_across(totals)
+    sum_all, sum_no_sos, count_all, count_no_sos = totals.tolist()
+    return TokenLosses(sum_all, sum_no_sos, int(count_all), int(count_no_sos),
+                       torch.cat(kept, 1) if keep_tokens else None)
 
 
 def evaluate(model, eval_data, seq_length, *, forward=None, autocast_dtype=None,
-             on_window=lambda k: None):
+             on_window=lambda k: None, add_across=None):
     """Mean cross-entropy over every target of `eval_data`, and the same mean without
     `<sos>` targets.
 
     `<sos>` always follows `<eos>`, so it is nearly free to predict and lowers the average;
     the literature's PTB figures (Mikolov's protocol) score words and `<eos>` only.
     """
-    t = token_losses(model, eval_data, seq_length, forward=forward,
-                     autocast_dtype=autocast_dtype, on_window=on_window)
+    t = token_losses(model, eval_data, seq_length, forward=forward, autocast_dtype=autocast_dtype,
+                     on_window=on_window, add_across=add_across)
     return t.sum_all / t.count_all, t.sum_no_sos / max(1, t.count_no_sos)

@@ -23,6 +23,7 @@ class LSTMLanguageModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_size, vocab_size)
         self.num_layers, self.hidden_size, self.tied = num_layers, hidden_size, tied
+        self.sparse_tied_grad = True  # see forward(); DistributedDataParallel turns it off
 
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.zeros_(self.fc.bias)
@@ -38,7 +39,7 @@ class LSTMLanguageModel(nn.Module):
         # sparse and added row by row instead of as a second dense, mostly-zero matrix (same
         # gradient, about a tenth less time per step at 2x650). On a GPU the dense way costs
         # microseconds, and sparse gradients would make it wait for the device each step.
-        sparse = self.tied and x.device.type == 'cpu'
+        sparse = self.tied and self.sparse_tied_grad and x.device.type == 'cpu'
         emb = self.dropout(F.embedding(x, self.embedding.weight, sparse=sparse))
         output, hidden = self.lstm(emb, hidden)
         return self.fc(self.dropout(output)), hidden

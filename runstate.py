@@ -138,7 +138,7 @@ def data_fingerprint(corpus):
 # given that says otherwise is refused.
 FIXED_ON_RESUME = ('embed_size', 'hidden_size', 'num_layers', 'tied', 'max_vocab', 'min_count')
 # Flags that may change on resume: the new value is applied from the next window on, and said.
-CHANGEABLE_ON_RESUME = ('lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip', 'dropout')
+CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip', 'dropout')
 # Fixed in the middle of an epoch (the position is a window of this layout); free between epochs.
 LAYOUT = ('batch_size', 'seq_length')
 
