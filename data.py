@@ -16,6 +16,7 @@ SPECIALS = ['<pad>', '<sos>', '<eos>']
 PAD, SOS, EOS = 0, 1, 2
 UNK = '<unk>'
 BOM = '\ufeff'
+CHUNK = 2**22  # tokens remapped at a time under --max_vocab / --min_count
 SPLITS = ('train', 'valid', 'test')
 # PTB writes every number as N: "1990", "3.5", "1,000" and "10-year" all are N (or N-year).
 NUMBER = re.compile(r'[+-]?\d[\d,./:]*')
@@ -97,7 +98,9 @@ def build_vocab_and_encode(path, max_vocab=0, min_count=1):
     if max_vocab == 0 and min_count <= 1:
         return vocab, ids, 0
 
-    counts = np.bincount(ids, minlength=len(vocab))
+    counts = np.zeros(len(vocab), dtype=np.int64)
+    for start in range(0, len(ids), CHUNK):  # bincount widens to int64: a slice at a time
+        counts += np.bincount(ids[start:start + CHUNK], minlength=len(vocab))
     first_word, unk = len(SPECIALS), index[UNK]
     candidates = [i for i in range(first_word, len(vocab)) if counts[i] >= min_count and i != unk]
     if max_vocab:
@@ -108,10 +111,10 @@ def build_vocab_and_encode(path, max_vocab=0, min_count=1):
     new_id = np.full(len(vocab), -1, dtype=np.int32)
     new_id[kept] = np.arange(len(kept), dtype=np.int32)
     unknown = 0
-    for start in range(0, len(ids), 2**22):  # in place, a slice at a time: no second array
-        part = new_id[ids[start:start + 2**22]]
+    for start in range(0, len(ids), CHUNK):  # in place, a slice at a time: no second array
+        part = new_id[ids[start:start + CHUNK]]
         unknown += int((part < 0).sum())
-        ids[start:start + 2**22] = np.where(part < 0, new_id[unk], part)
+        ids[start:start + CHUNK] = np.where(part < 0, new_id[unk], part)
     return [vocab[i] for i in kept], ids, unknown
 
 

@@ -13,7 +13,6 @@ Files written beside --save_path (best_model.pt by default):
 import argparse
 import copy
 import math
-import os
 import signal
 import sys
 import time
@@ -32,9 +31,9 @@ from distributed import setup as setup_processes
 from model import LSTMLanguageModel, count_parameters, detach_hidden
 from options import (add_device_flags, apply_threads, factor, non_negative_float,
                      non_negative_int, positive_float, positive_int, probability, seed_value)
-from runstate import (MetricsLog, RunFiles, StopRequest, check_same_data, data_fingerprint,
-                      hold_lock, merge_resume_args, restore, resume_command, rng_state,
-                      seed_everything, set_rng_state)
+from runstate import (MetricsLog, StopRequest, apply_changes, check_same_data, claim_save_path,
+                      data_fingerprint, restore, restore_random_state, resume_command, rng_state,
+                      seed_everything, seed_process)
 
 RULE = '-' * 41
 
@@ -170,54 +169,6 @@ def checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id):
     return {**best_checkpoint(model, corpus.vocab, args, epoch, val_loss), 'run_id': run_id}
 
 
-def claim_save_path(args, given, group):
-    """Before anything is read: the run's files, and on resume the checkpoint with the flags
-    settled from it. Only the first process checks and locks the files; all read the
-    checkpoint. Returns (files, checkpoint or None, resume path or None, changed flags)."""
-    files = RunFiles.beside(args.save_path)
-    if group.is_main:
-        check_writable(files.best)  # makes its folder, so that the lock can be taken there
-        hold_lock(files)
-        files.remove_stale_temporaries()
-    if args.resume is None:
-        if group.is_main and files.existing():
-            if not args.overwrite:
-                raise RunError(f'{", ".join(files.existing())} are from an earlier run. Continue it '
-                               f'with --resume, or start afresh with --overwrite (which deletes them)')
-            for path in files.existing():
-                os.remove(path)
-        return files, None, None, []
-    resume_path = args.resume or files.last
-    ckpt = load_checkpoint(resume_path)
-    if 'optimizer' not in ckpt:
-        raise CheckpointError(f'{resume_path} holds a model only; resume from the ".last.pt" '
-                              'checkpoint written beside it')
-    changes = merge_resume_args(args, given, ckpt.get('args') or {},
-                                mid_epoch=ckpt.get('position') is not None)
-    return files, ckpt, resume_path, changes
-
-
-def restore_random_state(ckpt, group, seed):
-    """Each process's random state as the checkpoint left it; with another number of
-    processes than the checkpoint's, the first process's, and fresh streams for the others."""
-    states = ckpt.get('rng_of_processes') or [ckpt['rng']]
-    if len(states) == group.world_size:
-        set_rng_state(states[group.rank])
-        return
-    set_rng_state(ckpt['rng'])
-    if group.rank:
-        seed_process(seed, group.rank)
-    warn(f'the checkpoint was written by {len(states)} process(es), this job has '
-         f'{group.world_size}: training continues correctly, but the dropout masks of processes '
-         'after the first start afresh, so the run is not bit-identical to an uninterrupted one')
-
-
-def seed_process(seed, rank):
-    """Dropout differs from process to process: each draws from its own seed."""
-    if rank:
-        seed_everything(seed + 1_000_003 * rank)
-
-
 def train(args, given, device, stop, group):
     """The run, step by step: claim the save path, settle the flags (from the checkpoint on
     resume), read the data, build or restore the model, train epoch by epoch, test."""
@@ -262,7 +213,9 @@ def train(args, given, device, stop, group):
     if ckpt is not None:
         first_epoch, best_val, position = restore(ckpt, resume_path, model, optimizer, scheduler,
                                                   scaler, n_windows, args.batch_size)
-        restore_random_state(ckpt, group, args.seed)
+        changed_processes = restore_random_state(ckpt, group, args.seed)
+        if changed_processes:
+            warn(changed_processes)
         run_id = ckpt.get('run_id')  # None for a checkpoint from before run ids: its best has none
         apply_changes(changes, optimizer, scheduler)
         where = f'epoch {first_epoch}, window {position["window"] + 1}' if position else f'epoch {first_epoch}'
@@ -389,19 +342,6 @@ def train(args, given, device, stop, group):
     print_test_block(model, test_data, args.seq_length, forward=evaluator,
                      autocast_dtype=autocast_dtype, add_across=group.sum)
     return 0
-
-
-def apply_changes(changes, optimizer, scheduler):
-    """Put the flags changed on resume into effect (--clip and --dropout are read from `args`
-    and the model's construction)."""
-    for name, _, new in changes:
-        if name in ('lr', 'weight_decay'):
-            for group in optimizer.param_groups:
-                group[name] = new
-        elif name == 'lr_factor':
-            scheduler.factor = new
-        elif name == 'lr_patience':
-            scheduler.patience = new
 
 
 def explicit_flags(parser, argv):

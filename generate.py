@@ -11,10 +11,8 @@ import torch
 
 import data
 from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
-from engine import mixed_precision
-from options import (add_device_flags, apply_threads, checked_number, non_negative_int, positive_float,
+from options import (add_device_flags, apply_device_flags, checked_number, non_negative_int, positive_float,
                      positive_int, seed_value)
-from model import pick_device
 
 def build_parser():
     parser = argparse.ArgumentParser(
@@ -106,14 +104,7 @@ def render(words):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        device = pick_device('cuda' if args.cuda else args.device)
-    except ValueError as e:
-        parser.error(str(e))
-    apply_threads(args.threads)
-    autocast_dtype, _, warning = mixed_precision(device, args.amp)
-    if warning:
-        print(f'warning: {warning}', file=sys.stderr)
+    device, autocast_dtype = apply_device_flags(parser, args, 'cuda' if args.cuda else None)
     try:
         ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
         model = build_model(ckpt, device)

@@ -5,8 +5,12 @@ one-line message naming the flag, instead of a traceback hours into a run.
 """
 import argparse
 import math
+import sys
 
 import torch
+
+from engine import mixed_precision
+from model import pick_device
 
 
 def checked_number(kind, ok, what):
@@ -42,3 +46,17 @@ def add_device_flags(parser):
 def apply_threads(threads):
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def apply_device_flags(parser, args, device_name=None):
+    """What --device, --threads and --amp say for a script that runs a trained model
+    (generate.py, score.py): returns (device, autocast dtype or None)."""
+    try:
+        device = pick_device(device_name or args.device)
+    except ValueError as e:
+        parser.error(str(e))
+    apply_threads(args.threads)
+    autocast_dtype, _, warning = mixed_precision(device, args.amp)
+    if warning:
+        print(f'warning: {warning}', file=sys.stderr)
+    return device, autocast_dtype

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from checkpoint import CheckpointError
+from checkpoint import CheckpointError, check_writable, load_checkpoint
 
 try:
     import fcntl
@@ -217,6 +217,68 @@ def restore(ckpt, path, model, optimizer, scheduler, scaler, n_windows, batch_si
         raise CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
                               'another last checkpoint, or start afresh with --overwrite') from None
     return epoch + (1 if position is None else 0), best_val, position
+
+
+def claim_save_path(args, given, group):
+    """Before anything is read: the run's files, and on resume the checkpoint with the flags
+    settled from it. Only the first process checks and locks the files; all read the
+    checkpoint. Returns (files, checkpoint or None, resume path or None, changed flags)."""
+    files = RunFiles.beside(args.save_path)
+    if group.is_main:
+        check_writable(files.best)  # makes its folder, so that the lock can be taken there
+        hold_lock(files)
+        files.remove_stale_temporaries()
+    if args.resume is None:
+        if group.is_main and files.existing():
+            if not args.overwrite:
+                raise CheckpointError(f'{", ".join(files.existing())} are from an earlier run. '
+                                      'Continue it with --resume, or start afresh with --overwrite '
+                                      '(which deletes them)')
+            for path in files.existing():
+                os.remove(path)
+        return files, None, None, []
+    resume_path = args.resume or files.last
+    ckpt = load_checkpoint(resume_path)
+    if 'optimizer' not in ckpt:
+        raise CheckpointError(f'{resume_path} holds a model only; resume from the ".last.pt" '
+                              'checkpoint written beside it')
+    changes = merge_resume_args(args, given, ckpt.get('args') or {},
+                                mid_epoch=ckpt.get('position') is not None)
+    return files, ckpt, resume_path, changes
+
+
+def apply_changes(changes, optimizer, scheduler):
+    """Put the flags changed on resume into effect (--clip and --dropout are read from `args`
+    and the model's construction)."""
+    for name, _, new in changes:
+        if name in ('lr', 'weight_decay'):
+            for group in optimizer.param_groups:
+                group[name] = new
+        elif name == 'lr_factor':
+            scheduler.factor = new
+        elif name == 'lr_patience':
+            scheduler.patience = new
+
+
+def seed_process(seed, rank):
+    """Dropout differs from process to process: each draws from its own seed."""
+    if rank:
+        seed_everything(seed + 1_000_003 * rank)
+
+
+def restore_random_state(ckpt, group, seed):
+    """Each process's random state as the checkpoint left it. With another number of
+    processes than the checkpoint's: the first process's, fresh streams for the others, and
+    a warning (returned) that the run is no longer bit-identical to an uninterrupted one."""
+    states = ckpt.get('rng_of_processes') or [ckpt['rng']]
+    if len(states) == group.world_size:
+        set_rng_state(states[group.rank])
+        return None
+    set_rng_state(ckpt['rng'])
+    seed_process(seed, group.rank)
+    return (f'the checkpoint was written by {len(states)} process(es), this job has '
+            f'{group.world_size}: training continues correctly, but the dropout masks of processes '
+            'after the first start afresh, so the run is not bit-identical to an uninterrupted one')
 
 
 # ---------------------------------------------------------------------------- metrics CSV

@@ -29,9 +29,8 @@ from tqdm import tqdm
 
 import data
 from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
-from engine import mixed_precision, perplexity, token_losses
-from model import pick_device
-from options import add_device_flags, apply_threads, positive_int
+from engine import perplexity, token_losses
+from options import add_device_flags, apply_device_flags, positive_int
 
 LINES_PER_BATCH = 64  # --independent: lines scored side by side (sorted by length, padded)
 
@@ -203,14 +202,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.independent and args.batch_size is not None:
         parser.error('--independent scores each line on its own; it takes no --batch_size')
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        parser.error(str(e))
-    apply_threads(args.threads)
-    autocast_dtype, _, warning = mixed_precision(device, args.amp)
-    if warning:
-        print(f'warning: {warning}', file=sys.stderr)
+    device, autocast_dtype = apply_device_flags(parser, args)
     try:
         ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
         model = build_model(ckpt, device)

@@ -1,6 +1,7 @@
 """Shared helpers: tiny corpora written into tmp folders, and the real scripts run as
 subprocesses (the way a user runs them)."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,23 @@ def trained(tmp_path_factory):
     proc, save = train_tiny(folder)
     assert proc.returncode == 0, proc.stderr
     return {'proc': proc, 'checkpoint': save, 'folder': folder, 'corpus': folder / 'corpus'}
+
+
+@pytest.fixture(scope='session')
+def one_epoch(tmp_path_factory):
+    """A tiny tied model trained for one epoch, to be copied by the tests that continue,
+    damage or contest it (training it afresh in each would cost seconds each)."""
+    folder = tmp_path_factory.mktemp('one_epoch')
+    proc, _ = train_tiny(folder, epochs=1)
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+def copy_run(run, folder):
+    """Copy a trained run's corpus and files (not its lock) into `folder`, as if it had
+    been trained there; returns the path of its best checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(run / 'corpus', folder / 'corpus')
+    for name in ('model.pt', 'model.last.pt', 'model.csv'):
+        shutil.copy(run / name, folder / name)
+    return folder / 'model.pt'

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY, pattern_corpus, run_script, train_tiny, write_corpus
+from conftest import ROOT, TINY, copy_run, pattern_corpus, run_script, train_tiny, write_corpus
 
 
 def trainer(folder, *extra, corpus=None):
@@ -60,9 +60,8 @@ def test_a_second_trainer_on_the_same_save_path_is_refused_and_kill_leaves_no_st
     assert third.returncode == 0, third.stderr
 
 
-def test_a_fresh_run_over_an_earlier_runs_files_is_refused_unless_overwrite(tmp_path):
-    first, _ = train_tiny(tmp_path, epochs=1)
-    assert first.returncode == 0
+def test_a_fresh_run_over_an_earlier_runs_files_is_refused_unless_overwrite(tmp_path, one_epoch):
+    copy_run(one_epoch, tmp_path)
     before = snapshot(tmp_path)
     again, _ = train_tiny(tmp_path, epochs=1)
     assert again.returncode == 1
@@ -122,9 +121,8 @@ def test_a_csv_saved_by_a_spreadsheet_keeps_its_rows_on_resume(tmp_path):
     assert lines[1:3] == rows[1:3]
 
 
-def test_a_csv_the_trainer_cannot_read_is_kept_and_the_resume_refused(tmp_path):
-    first, _ = train_tiny(tmp_path, epochs=1)
-    assert first.returncode == 0
+def test_a_csv_the_trainer_cannot_read_is_kept_and_the_resume_refused(tmp_path, one_epoch):
+    copy_run(one_epoch, tmp_path)
     csv_path = tmp_path / 'model.csv'
     renamed = csv_path.read_text().replace('val_ppl,', 'validation perplexity,', 1)
     csv_path.write_text(renamed)
@@ -144,9 +142,8 @@ def limit_file_size(limit):
 
 
 @pytest.mark.parametrize('limit', [2000, 9000, 30000])
-def test_a_write_that_fails_inside_torch_save_ends_cleanly_and_keeps_the_files(tmp_path, limit):
-    first, _ = train_tiny(tmp_path, epochs=1)
-    assert first.returncode == 0
+def test_a_write_that_fails_inside_torch_save_ends_cleanly_and_keeps_the_files(tmp_path, limit, one_epoch):
+    copy_run(one_epoch, tmp_path)
     before = snapshot(tmp_path)
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     proc = subprocess.run([sys.executable, str(ROOT / 'demo_tie.py'), '--data_dir', tmp_path / 'corpus',
@@ -165,9 +162,8 @@ def test_a_write_that_fails_inside_torch_save_ends_cleanly_and_keeps_the_files(t
 
 # ---------------------------------------------------------------------------- resume
 
-def test_resume_takes_the_model_flags_from_the_checkpoint(tmp_path):
-    first, _ = train_tiny(tmp_path, epochs=1)
-    assert first.returncode == 0
+def test_resume_takes_the_model_flags_from_the_checkpoint(tmp_path, one_epoch):
+    copy_run(one_epoch, tmp_path)
     proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path', tmp_path / 'model.pt',
                       '--epochs', 2, '--resume')
     assert proc.returncode == 0, proc.stderr
@@ -176,18 +172,16 @@ def test_resume_takes_the_model_flags_from_the_checkpoint(tmp_path):
     assert ckpt['args']['tied'] is True and ckpt['args']['batch_size'] == 4
 
 
-def test_a_contradicting_model_flag_is_refused_with_a_hint_in_valid_syntax(tmp_path):
-    first, _ = train_tiny(tmp_path, epochs=1)
-    assert first.returncode == 0
+def test_a_contradicting_model_flag_is_refused_with_a_hint_in_valid_syntax(tmp_path, one_epoch):
+    copy_run(one_epoch, tmp_path)
     proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path', tmp_path / 'model.pt',
                       '--num_layers', 2, '--resume')
     assert proc.returncode == 1
     assert 'made with --num_layers 1;' in proc.stderr and 'True' not in proc.stderr
 
 
-def test_optimizer_flags_given_on_resume_are_applied_said_and_recorded(tmp_path):
-    first, _ = train_tiny(tmp_path, epochs=1)
-    assert first.returncode == 0
+def test_optimizer_flags_given_on_resume_are_applied_said_and_recorded(tmp_path, one_epoch):
+    copy_run(one_epoch, tmp_path)
     proc, _ = train_tiny(tmp_path, '--resume', '--lr', '0.005', '--clip', '0.25', epochs=2)
     assert proc.returncode == 0, proc.stderr
     assert 'Changed on resume: --lr 0.01 -> 0.005' in proc.stdout
@@ -199,9 +193,8 @@ def test_optimizer_flags_given_on_resume_are_applied_said_and_recorded(tmp_path)
 
 
 @pytest.mark.parametrize('split', ['train', 'valid'])
-def test_resume_on_changed_data_is_refused_naming_the_split(tmp_path, split):
-    first, _ = train_tiny(tmp_path, epochs=1)
-    assert first.returncode == 0
+def test_resume_on_changed_data_is_refused_naming_the_split(tmp_path, split, one_epoch):
+    copy_run(one_epoch, tmp_path)
     path = tmp_path / 'corpus' / f'{split}.txt'
     lines = path.read_text().splitlines()  # the same words, so the same vocabulary
     path.write_text('\n'.join(lines[:-1] + ['eight seven six five four three two one']) + '\n')
@@ -235,9 +228,8 @@ def test_a_damaged_but_loadable_last_checkpoint_is_refused_cleanly(tmp_path, lon
     assert 'is damaged and cannot be resumed' in resumed.stderr and 'Traceback' not in resumed.stderr
 
 
-def test_the_best_model_tested_after_a_resume_elsewhere_must_be_this_runs(tmp_path, trained):
-    first, _ = train_tiny(tmp_path / 'a', epochs=1)
-    assert first.returncode == 0
+def test_the_best_model_tested_after_a_resume_elsewhere_must_be_this_runs(tmp_path, trained, one_epoch):
+    copy_run(one_epoch, tmp_path / 'a')
     elsewhere = tmp_path / 'b'
     elsewhere.mkdir()
     (elsewhere / 'model.pt').write_bytes(trained['checkpoint'].read_bytes())  # another run's
