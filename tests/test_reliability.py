@@ -179,7 +179,6 @@ def test_resume_refuses_a_best_model_checkpoint_and_other_settings(tmp_path, tra
 
 
 def test_failed_write_at_end_of_epoch_keeps_the_previous_checkpoints(tmp_path, monkeypatch, capsys, one_epoch):
-    pattern_corpus(tmp_path / 'corpus')
     save = copy_run(one_epoch, tmp_path)
     last = tmp_path / 'model.last.pt'
     before = {p: p.read_bytes() for p in (save, last)}
