@@ -184,6 +184,8 @@ def train(args, given, device, stop, group):
     check_eval_sizes(corpus, args.batch_size)
     if ckpt is not None:
         check_same_data(ckpt, resume_path, corpus, args.data_dir)
+    elif args.overwrite and group.is_main:
+        files.delete_earlier_run()
 
     print(f'Using device: {device}')
     print(f'Vocabulary size: {len(corpus.vocab)}')

@@ -62,6 +62,12 @@ class RunFiles(NamedTuple):
     def existing(self):
         return [p for p in (self.best, self.last, self.metrics) if os.path.exists(p)]
 
+    def delete_earlier_run(self):
+        """--overwrite: called once the new run's data has been read, so that a typo in
+        --data_dir does not cost the earlier run's files."""
+        for path in self.existing():
+            os.remove(path)
+
     def remove_stale_temporaries(self):
         """Temporary files left by a write that was killed (save_checkpoint's `.NAME.*.tmp`);
         called while holding the lock, so none of them can be another live run's."""
@@ -229,13 +235,10 @@ def claim_save_path(args, given, group):
         hold_lock(files)
         files.remove_stale_temporaries()
     if args.resume is None:
-        if group.is_main and files.existing():
-            if not args.overwrite:
-                raise CheckpointError(f'{", ".join(files.existing())} are from an earlier run. '
-                                      'Continue it with --resume, or start afresh with --overwrite '
-                                      '(which deletes them)')
-            for path in files.existing():
-                os.remove(path)
+        if group.is_main and files.existing() and not args.overwrite:
+            raise CheckpointError(f'{", ".join(files.existing())} are from an earlier run. '
+                                  'Continue it with --resume, or start afresh with --overwrite '
+                                  '(which deletes them)')
         return files, None, None, []
     resume_path = args.resume or files.last
     ckpt = load_checkpoint(resume_path)

@@ -63,9 +63,11 @@ def list_reader(folder):
         text = (folder / f'{name}.txt').read_text(encoding='utf-8-sig')
         splits[name] = [line.split() for line in text.splitlines() if line.split()]
     vocab = list(data.SPECIALS)
+    seen = set(vocab)
     for sentence in splits['train']:
         for w in sentence:
-            if w not in vocab:
+            if w not in seen:
+                seen.add(w)
                 vocab.append(w)
     if data.UNK not in vocab:
         vocab.append(data.UNK)

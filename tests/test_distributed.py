@@ -106,7 +106,7 @@ def test_a_batch_the_processes_cannot_share_is_refused(corpus, tmp_path):
 
 def test_sigterm_stops_every_process_and_the_run_resumes_exactly(corpus, tmp_path, one_and_two):
     folder, _, two = one_and_two
-    big = write_corpus(tmp_path / 'corpus', (corpus / 'train.txt').read_text() * 8,
+    big = write_corpus(tmp_path / 'corpus', (corpus / 'train.txt').read_text() * 4,
                        (corpus / 'valid.txt').read_text(), (corpus / 'test.txt').read_text())
     full = torchrun(2, '--data_dir', big, *FLAGS, '--dropout', '0.2', '--epochs', 1,
                     '--save_path', tmp_path / 'full.pt')
@@ -129,3 +129,28 @@ def test_sigterm_stops_every_process_and_the_run_resumes_exactly(corpus, tmp_pat
     b = torch.load(tmp_path / 'full.last.pt', weights_only=True)['model_state']
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert printed(resumed, 'Test Loss') == printed(full, 'Test Loss')
+
+
+def test_a_dead_process_takes_the_job_down(corpus, tmp_path):
+    big = write_corpus(tmp_path / 'corpus', (corpus / 'train.txt').read_text() * 4,
+                       (corpus / 'valid.txt').read_text(), (corpus / 'test.txt').read_text())
+    proc = torchrun(2, '--data_dir', big, *FLAGS, '--epochs', 50, '--save_path', tmp_path / 'm.pt',
+                    popen=True)
+    seen = b''
+    while b'Epoch 1:' not in seen:
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, 'the run ended before its first epoch'
+        seen += chunk
+    workers = subprocess.run(['pgrep', '-P', str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(max(workers, key=int)), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)  # the survivor is not left waiting for ever
+    assert proc.returncode != 0
+    assert 'Signal 9 (SIGKILL)' in err or 'SIGKILL' in err, err[-2000:]
+
+
+def test_the_nan_guard_stops_every_process(corpus, tmp_path):
+    proc = torchrun(2, '--data_dir', corpus, *FLAGS, '--lr', '1e30', '--clip', '1e30', '--epochs', 2,
+                    '--save_path', tmp_path / 'm.pt')
+    assert proc.returncode != 0
+    assert proc.stderr.count('error: the training loss became NaN or infinite in epoch 1') == 1

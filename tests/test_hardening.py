@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, copy_run, pattern_corpus, run_script, train_tiny, write_corpus
+from runstate import read_metrics
 
 
 def trainer(folder, *extra, corpus=None):
@@ -55,9 +56,10 @@ def test_a_second_trainer_on_the_same_save_path_is_refused_and_kill_leaves_no_st
     assert re.search(rf'another trainer \(pid {first.pid}\) is writing', second.stderr), second.stderr
     first.kill()  # kill -9: the OS drops the lock with the process
     first.communicate()
-    third = run_script('demo_tie.py', '--data_dir', long_corpus, *TINY, '--tied', '--epochs', 1,
+    # the lock is free: the next run gets past it (to the missing data folder)
+    third = run_script('demo_tie.py', '--data_dir', tmp_path / 'no-data', *TINY, '--tied',
                        '--save_path', tmp_path / 'model.pt', '--overwrite')
-    assert third.returncode == 0, third.stderr
+    assert third.returncode == 1 and 'data folder not found' in third.stderr, third.stderr
 
 
 def test_a_fresh_run_over_an_earlier_runs_files_is_refused_unless_overwrite(tmp_path, one_epoch):
@@ -68,6 +70,9 @@ def test_a_fresh_run_over_an_earlier_runs_files_is_refused_unless_overwrite(tmp_
     assert 'model.pt' in again.stderr and 'model.last.pt' in again.stderr and 'model.csv' in again.stderr
     assert '--resume' in again.stderr and '--overwrite' in again.stderr
     assert snapshot(tmp_path) == before
+    typo = run_script('demo_tie.py', '--data_dir', tmp_path / 'no-data', *TINY, '--tied',
+                      '--save_path', tmp_path / 'model.pt', '--overwrite')
+    assert typo.returncode == 1 and snapshot(tmp_path) == before  # nothing deleted for nothing
     fresh, _ = train_tiny(tmp_path, '--overwrite', epochs=1)
     assert fresh.returncode == 0, fresh.stderr
     assert open(tmp_path / 'model.csv').read().count('\n') == 2  # header and one epoch
@@ -157,6 +162,8 @@ def test_a_write_that_fails_inside_torch_save_ends_cleanly_and_keeps_the_files(t
     assert (tmp_path / 'model.last.pt').read_bytes() == before['model.last.pt']
     for name in ('model.pt', 'model.last.pt'):
         torch.load(tmp_path / name, weights_only=True)
+    epochs = [row['epoch'] for row in read_metrics(tmp_path / 'model.csv')]  # whole, or the old one
+    assert epochs in ([1], [1, 2], [1, 2, 3])
     assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
 
 
