@@ -1,6 +1,7 @@
 """Draw validation perplexity against epoch and against training time from demo_tie.py's CSVs.
 
     python plot.py runs/tied_200.csv runs/untied_200.csv -o docs/tied_vs_untied.png
+    python plot.py docs/ref40.csv --reference -o docs/ref40.png
 
 One line per CSV, labelled with the file's name. Needs matplotlib (pip install matplotlib),
 which nothing else in the project uses.
@@ -11,6 +12,8 @@ import os
 import sys
 
 REQUIRED = ('epoch', 'val_ppl', 'seconds')
+# The validation perplexities the reference README prints (2x650 tied, its defaults, a GPU).
+REFERENCE_POINTS = {1: 217.7246, 2: 167.3639, 40: 77.9963}
 
 
 class CurveError(Exception):
@@ -45,6 +48,8 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('csv', nargs='+', help='metrics CSVs written by demo_tie.py')
     parser.add_argument('-o', '--output', default='curves.png', help='image to write (PNG, SVG, PDF)')
+    parser.add_argument('--reference', action='store_true',
+                        help="mark the reference README's published points (epochs 1, 2 and 40)")
     args = parser.parse_args(argv)
     try:
         curves = [(os.path.splitext(os.path.basename(p))[0], read_curve(p)) for p in args.csv]
@@ -64,6 +69,10 @@ def main(argv=None):
     for label, (epochs, ppl, clock) in curves:
         by_epoch.plot(epochs, ppl, marker='o', label=label)
         by_time.plot([s / 60 for s in clock], ppl, marker='o', label=label)
+    if args.reference:
+        by_epoch.plot(list(REFERENCE_POINTS), list(REFERENCE_POINTS.values()), 'k*', markersize=11,
+                      linestyle='none', label='reference README (epochs 1, 2, 40)')
+        by_epoch.axhline(REFERENCE_POINTS[40], color='k', linewidth=0.8, linestyle=':')
     by_epoch.set_xlabel('epoch')
     by_time.set_xlabel('training time (minutes, cumulative)')
     by_epoch.set_ylabel('validation perplexity (log scale)')

@@ -18,7 +18,7 @@ def test_plot_writes_a_png_from_two_runs(trained, tmp_path):
     shutil.copy(trained['folder'] / 'model.csv', first)
     shutil.copy(trained['folder'] / 'model.csv', second)
     out = tmp_path / 'curves.png'
-    proc = run_script('plot.py', first, second, '-o', out)
+    proc = run_script('plot.py', first, second, '-o', out, '--reference')
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
