@@ -18,7 +18,7 @@ for mode in float32 amp; do
   echo "== one PTB epoch, $mode"
   python3 demo_tie.py --tied --epochs 1 --device "$device" ${SIZE:-} $flag \
       --save_path "$out/$mode.pt" 2> "$out/$mode.err" | tee "$out/$mode.log" | grep -E '^(Epoch|Validation|Test)'
-  rm -f "$out/$mode.pt" "$out/$mode.last.pt" "$out/$mode.csv"  # the device tool returns at most 8 files
+  rm -f "$out/$mode.pt" "$out/$mode.last.pt" "$out/$mode.csv" "$out/$mode.lock"  # the device tool returns at most 8 files
 done
 echo "== bench.py"
 python3 bench.py --device "$device" ${SIZE:-} --windows ${WINDOWS:-200} --repeats 5 --compare_example \
