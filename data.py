@@ -33,6 +33,23 @@ def _open_text(path):
     return open(path, 'rb')
 
 
+def word_lines(f, name):
+    """(line number, words) of each non-blank line of a binary file, read as training reads
+    text: UTF-8 (an error names the file and line), a byte-order mark dropped, split() on
+    whitespace."""
+    for line_number, raw in enumerate(f, start=1):
+        try:
+            line = raw.decode('utf-8')
+        except UnicodeDecodeError as e:
+            raise DataError(f'{name}, line {line_number}: not valid UTF-8 ({e.reason} '
+                            f'at byte {e.start})') from None
+        if line_number == 1 and line.startswith(BOM):
+            line = line[1:]
+        words = line.split()
+        if words:
+            yield line_number, words
+
+
 def read_ids(path, index, grow=False):
     """Read a UTF-8 text file line by line into a compact int32 array of word ids: each
     non-blank line becomes `<sos> w1 ... wn <eos>`.
@@ -50,22 +67,13 @@ def read_ids(path, index, grow=False):
     add = ids.extend
     lookup = index.setdefault if grow else index.get
     with _open_text(path) as f:
-        for line_number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode('utf-8')
-            except UnicodeDecodeError as e:
-                raise DataError(f'{path}, line {line_number}: not valid UTF-8 ({e.reason} '
-                                f'at byte {e.start})') from None
-            if line_number == 1 and line.startswith(BOM):
-                line = line[1:]
-            words = line.split()
-            if words:
-                ids.append(SOS)
-                if grow:
-                    add([lookup(w, len(index)) for w in words])
-                else:
-                    add([lookup(w, -1) for w in words])
-                ids.append(EOS)
+        for _, words in word_lines(f, path):
+            ids.append(SOS)
+            if grow:
+                add([lookup(w, len(index)) for w in words])
+            else:
+                add([lookup(w, -1) for w in words])
+            ids.append(EOS)
     if not ids:
         raise DataError(f'{path} is empty (no words in it)')
     return np.frombuffer(ids, dtype=np.int32)

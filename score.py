@@ -71,17 +71,7 @@ def read_text(path, vocab):
     respell = data.is_ptb_style(vocab)
     line_numbers, words, ids, line_of, respelled, unknown = [], [], [], [], [], []
     with f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode('utf-8')
-            except UnicodeDecodeError as e:
-                raise data.DataError(f'{name}, line {number}: not valid UTF-8 ({e.reason} at '
-                                     f'byte {e.start})') from None
-            if number == 1 and line.startswith(data.BOM):
-                line = line[1:]
-            line_words = line.split()
-            if not line_words:
-                continue
+        for number, line_words in data.word_lines(f, name):
             line_ids, line_respelled, line_unknown = data.map_words(line_words, index, respell)
             ids += [data.SOS] + line_ids + [data.EOS]
             line_of += [len(words)] * (len(line_ids) + 2)
