@@ -16,6 +16,7 @@ import torch
 
 from data import SPECIALS, UNK
 from model import LSTMLanguageModel
+from recipe import MODEL_REGULARIZERS
 
 FORMAT = 'lstm-tied-lm/1'
 MODEL_ARGS = ('vocab_size', 'embed_size', 'hidden_size', 'num_layers', 'dropout', 'tied')
@@ -129,7 +130,9 @@ def _check_model_fields(path, ckpt):
 
 def build_model(ckpt, device='cpu'):
     """The model a checkpoint describes, with its weights loaded, on `device`."""
-    model = LSTMLanguageModel(**{k: ckpt['model_args'][k] for k in MODEL_ARGS})
+    described = ckpt['model_args']
+    model = LSTMLanguageModel(**{k: described[k] for k in MODEL_ARGS},
+                              **{k: described[k] for k in MODEL_REGULARIZERS if k in described})
     try:
         model.load_state_dict(ckpt['model_state'])
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
@@ -144,8 +147,13 @@ def build_model(ckpt, device='cpu'):
 
 
 def model_args(args, vocab_size):
-    return {'vocab_size': vocab_size, 'embed_size': args.embed_size, 'hidden_size': args.hidden_size,
-            'num_layers': args.num_layers, 'dropout': args.dropout, 'tied': args.tied}
+    """The model's description, as LSTMLanguageModel's arguments. Regularisers appear only
+    when set, so a reference model's description is the reference's."""
+    described = {'vocab_size': vocab_size, 'embed_size': args.embed_size, 'hidden_size': args.hidden_size,
+                 'num_layers': args.num_layers, 'dropout': args.dropout, 'tied': args.tied}
+    described.update({k: getattr(args, k) for k, off in MODEL_REGULARIZERS.items()
+                      if getattr(args, k, off) != off})
+    return described
 
 
 def best_checkpoint(model, vocab, args, epoch, val_loss):

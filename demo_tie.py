@@ -29,6 +29,7 @@ from engine import (NonFiniteLoss, epoch_loss, evaluate, keep_freed_memory, make
 from distributed import ShareError
 from distributed import setup as setup_processes
 from model import LSTMLanguageModel, count_parameters, detach_hidden
+from recipe import add_regularizer_flags, apply_recipe, describe_recipe
 from options import (add_device_flags, apply_threads, factor, non_negative_float,
                      non_negative_int, positive_float, positive_int, probability, seed_value)
 from runstate import (MetricsLog, StopRequest, apply_changes, check_same_data, claim_save_path,
@@ -69,6 +70,7 @@ def build_parser():
     parser.add_argument('--eval_only', action='store_true', help='Only print the validation and test results of the checkpoint at --save_path')
     parser.add_argument('--amp', action='store_true', help='Mixed precision: bfloat16 autocast on CUDA (float16 with loss scaling where bfloat16 is missing) and on CPUs with native bfloat16 (AVX-512 BF16, AMX); float32 weights')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model (first windows are slower while it compiles)')
+    add_regularizer_flags(parser)
     return parser
 
 
@@ -172,7 +174,9 @@ def checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id):
 def train(args, given, device, stop, group):
     """The run, step by step: claim the save path, settle the flags (from the checkpoint on
     resume), read the data, build or restore the model, train epoch by epoch, test."""
-    files, ckpt, resume_path, changes = claim_save_path(args, given, group)
+    apply_recipe(args, given)
+    files, ckpt, resume_path, changes = claim_save_path(args, given, group)  # on resume, the
+    # flags not given come from the checkpoint, the recipe's included
     if args.tied and args.embed_size != args.hidden_size:
         raise RunError(f'--tied needs --embed_size equal to --hidden_size '
                        f'(got {args.embed_size} and {args.hidden_size})')
@@ -193,6 +197,8 @@ def train(args, given, device, stop, group):
     model = LSTMLanguageModel(**model_args(args, len(corpus.vocab))).to(device)
     print(model)
     print(f'Total parameters: {count_parameters(model)}')
+    if describe_recipe(args):
+        print(f'Recipe {args.recipe}: {describe_recipe(args)}')
     print()
     if group.world_size > 1:
         print(f'Processes: {group.world_size} ({args.batch_size // group.world_size} of the '
@@ -275,7 +281,8 @@ def train(args, given, device, stop, group):
                                          autocast_dtype=autocast_dtype, scaler=scaler,
                                          should_stop=lambda: group.stop_agreed(stop.signum is not None),
                                          on_window=show,
-                                         average_losses=group.mean if group.world_size > 1 else None)
+                                         average_losses=group.mean if group.world_size > 1 else None,
+                                         alpha=args.alpha, beta=args.beta)
                 except NonFiniteLoss as e:
                     raise RunError(
                         f'the training loss became NaN or infinite in epoch {epoch}, window '

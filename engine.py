@@ -91,7 +91,7 @@ def mixed_precision(device, requested):
 def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
                 losses=None, forward=None, autocast_dtype=None, scaler=None,
                 should_stop=lambda: False, on_window=lambda k, running_loss: None,
-                average_losses=None):
+                average_losses=None, alpha=0.0, beta=0.0):
     """One pass of truncated BPTT over `train_data` (batch_size, steps), from window `start`.
 
     The loss stays on the device: it is read every REFRESH_EVERY windows (to check it is
@@ -99,8 +99,10 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
     which would make the CPU wait for the GPU. `forward` is the model, or a compiled or
     DistributedDataParallel version of it. Under several processes, `average_losses` turns
     each process's window losses into the whole batch's, so that every process reports, and
-    stops on, the same values. Raises NonFiniteLoss naming the first window whose loss was
-    NaN or infinite.
+    stops on, the same values. `alpha` and `beta` weigh the activation penalties added to
+    the loss that is minimised (see activation_penalty); the losses reported and returned are
+    the cross-entropy alone. Raises NonFiniteLoss naming the first window whose loss was NaN
+    or infinite.
     """
     forward = model if forward is None else forward
     device = train_data.device
@@ -115,14 +117,18 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         x, y = data.get_window(train_data, starts[k], seq_length)
         hidden = detach_hidden(hidden)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits, hidden = forward(x, hidden)
+            if alpha or beta:
+                logits, hidden, output, dropped = forward(x, hidden, with_outputs=True)
+            else:
+                logits, hidden = forward(x, hidden)
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+            objective = loss + activation_penalty(output, dropped, alpha, beta) if alpha or beta else loss
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss).backward()
+            scaler.scale(objective).backward()
             scaler.unscale_(optimizer)
         else:
-            loss.backward()
+            objective.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # multi-tensor where supported
         if scaler is not None:
             scaler.step(optimizer)
@@ -146,6 +152,19 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         if stopping:
             return EpochResult(losses, hidden, k + 1)
     return EpochResult(losses, hidden, len(starts))
+
+
+def activation_penalty(output, dropped, alpha, beta):
+    """AWD-LSTM's activation regularisation on the last LSTM layer's output (batch, time,
+    hidden): AR, alpha x the mean square of the output after dropout (keeps activations
+    small), plus TAR, beta x the mean square of the step-to-step change of the output before
+    dropout (keeps the hidden state slow)."""
+    penalty = output.new_zeros(())
+    if alpha:
+        penalty = penalty + alpha * dropped.float().pow(2).mean()
+    if beta:
+        penalty = penalty + beta * (output[:, 1:] - output[:, :-1]).float().pow(2).mean()
+    return penalty
 
 
 def window_lengths(batched, seq_length):

@@ -11,15 +11,38 @@ import torch.nn.functional as F
 
 
 class LSTMLanguageModel(nn.Module):
-    def __init__(self, vocab_size, embed_size, hidden_size, num_layers, dropout, tied):
+    """Embedding -> LSTM -> decoder, with the reference's dropout (rate `dropout`) on the
+    embedding output, between LSTM layers and on the LSTM output.
+
+    The other arguments are opt-in regularisers from AWD-LSTM (Merity et al. 2017), all off
+    by default, none adding a parameter:
+      variational  one dropout mask per sequence, shared across time steps ("locked"),
+                   at the same three places; the LSTM then runs layer by layer so that a
+                   mask can go between layers (same weights, other parameter names)
+      dropouti     rate on the embedding output (default: `dropout`)
+      dropouth     rate between LSTM layers (default: `dropout`)
+      dropoute     whole words dropped from the embedding matrix
+      wdrop        DropConnect on the hidden-to-hidden weights: one mask per window
+    """
+
+    def __init__(self, vocab_size, embed_size, hidden_size, num_layers, dropout, tied, *,
+                 variational=False, dropouti=None, dropouth=None, dropoute=0.0, wdrop=0.0):
         super().__init__()
         if tied and embed_size != hidden_size:
             raise ValueError(f'weight tying needs embed_size == hidden_size '
                              f'(got {embed_size} and {hidden_size})')
+        self.dropouti = dropout if dropouti is None else dropouti
+        self.dropouth = dropout if dropouth is None else dropouth
+        self.dropoute, self.wdrop, self.variational = dropoute, wdrop, variational
         self.embedding = nn.Embedding(vocab_size, embed_size)
-        # nn.LSTM's dropout acts between layers only, so a 1-layer LSTM takes none.
-        self.lstm = nn.LSTM(embed_size, hidden_size, num_layers, batch_first=True,
-                            dropout=dropout if num_layers > 1 else 0.0)
+        if variational:
+            self.lstm = nn.ModuleList(
+                nn.LSTM(embed_size if k == 0 else hidden_size, hidden_size, 1, batch_first=True)
+                for k in range(num_layers))
+        else:
+            # nn.LSTM's dropout acts between layers only, so a 1-layer LSTM takes none.
+            self.lstm = nn.LSTM(embed_size, hidden_size, num_layers, batch_first=True,
+                                dropout=self.dropouth if num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_size, vocab_size)
         self.num_layers, self.hidden_size, self.tied = num_layers, hidden_size, tied
@@ -32,22 +55,72 @@ class LSTMLanguageModel(nn.Module):
         else:
             nn.init.uniform_(self.fc.weight, -0.1, 0.1)
 
-    def forward(self, x, hidden):
-        """x: (batch, time) word ids -> logits (batch, time, vocab), new hidden state."""
+    def forward(self, x, hidden, with_outputs=False):
+        """x: (batch, time) word ids -> logits (batch, time, vocab), new hidden state; with
+        `with_outputs`, also the last LSTM layer's output (batch, time, hidden) before and
+        after its dropout, for activation regularisation."""
         # Tied, the shared matrix gets a dense gradient from the decoder anyway; the
         # embedding's share touches only this window's rows, so on a CPU it is handed over
         # sparse and added row by row instead of as a second dense, mostly-zero matrix (same
         # gradient, about a tenth less time per step at 2x650). On a GPU the dense way costs
         # microseconds, and sparse gradients would make it wait for the device each step.
         sparse = self.tied and self.sparse_tied_grad and x.device.type == 'cpu'
-        emb = self.dropout(F.embedding(x, self.embedding.weight, sparse=sparse))
-        output, hidden = self.lstm(emb, hidden)
-        return self.fc(self.dropout(output)), hidden
+        emb = F.embedding(x, self.embedding.weight, sparse=sparse)
+        if self.dropoute and self.training:
+            emb = emb * word_mask(self.embedding.num_embeddings, self.dropoute, emb)[x]
+        if self.variational:
+            layer_input, states = locked_dropout(emb, self.dropouti, self.training), []
+            for k, lstm in enumerate(self.lstm):
+                if k > 0:
+                    layer_input = locked_dropout(layer_input, self.dropouth, self.training)
+                layer_input, state = run_lstm(lstm, layer_input, (hidden[0][k:k + 1], hidden[1][k:k + 1]),
+                                              self.wdrop if self.training else 0.0)
+                states.append(state)
+            output = layer_input
+            hidden = (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
+            dropped = locked_dropout(output, self.dropout.p, self.training)
+        else:
+            emb = F.dropout(emb, self.dropouti, self.training)
+            output, hidden = run_lstm(self.lstm, emb, hidden, self.wdrop if self.training else 0.0)
+            dropped = self.dropout(output)
+        logits = self.fc(dropped)
+        if with_outputs:
+            return logits, hidden, output, dropped
+        return logits, hidden
 
     def init_hidden(self, batch_size):
         weight = self.fc.bias
         shape = (self.num_layers, batch_size, self.hidden_size)
         return (weight.new_zeros(shape), weight.new_zeros(shape))
+
+
+def locked_dropout(x, p, training):
+    """Variational dropout of x (batch, time, features): each sequence draws one mask and
+    keeps it for every time step (Gal & Ghahramani 2016)."""
+    if not training or p == 0:
+        return x
+    mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p) / (1 - p)
+    return x * mask
+
+
+def word_mask(vocab_size, p, like):
+    """Embedding dropout: (vocab_size, 1), zero for the words dropped from this window (every
+    occurrence of them), 1/(1-p) for the rest. Indexed by the window's ids and multiplied
+    into their embeddings, it drops rows of the matrix without touching the whole matrix,
+    so the embedding's gradient can stay sparse."""
+    return like.new_empty(vocab_size, 1).bernoulli_(1 - p) / (1 - p)
+
+
+def run_lstm(lstm, x, hidden, wdrop):
+    """`lstm` on x with DropConnect at rate `wdrop` on its hidden-to-hidden weights: one mask
+    per call, so the same dropped weights act at every time step. The dropped weights are
+    passed in with torch.func.functional_call, so the module keeps its own parameters and
+    runs its usual fused kernel."""
+    if not wdrop:
+        return lstm(x, hidden)
+    dropped = {name: F.dropout(getattr(lstm, name), wdrop, True)
+               for name in (f'weight_hh_l{k}' for k in range(lstm.num_layers))}
+    return torch.func.functional_call(lstm, dropped, (x, hidden))
 
 
 def count_parameters(model):

@@ -142,9 +142,11 @@ def data_fingerprint(corpus):
 
 # Flags that define the model or the data: on resume they come from the checkpoint, and one
 # given that says otherwise is refused.
-FIXED_ON_RESUME = ('embed_size', 'hidden_size', 'num_layers', 'tied', 'max_vocab', 'min_count')
+FIXED_ON_RESUME = ('embed_size', 'hidden_size', 'num_layers', 'tied', 'max_vocab', 'min_count',
+                   'recipe', 'variational')
 # Flags that may change on resume: the new value is applied from the next window on, and said.
-CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip', 'dropout')
+CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip', 'dropout',
+                        'dropouti', 'dropouth', 'dropoute', 'wdrop', 'alpha', 'beta')
 # Fixed in the middle of an epoch (the position is a window of this layout); free between epochs.
 LAYOUT = ('batch_size', 'seq_length')
 

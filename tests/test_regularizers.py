@@ -1,0 +1,150 @@
+"""The opt-in regularisers (issue 13): each one's defining property, that none adds a
+parameter or touches the reference's model, and the preset through the real scripts."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_script, train_tiny
+from engine import activation_penalty
+from model import LSTMLanguageModel, count_parameters, locked_dropout, run_lstm, word_mask
+
+REGULARIZED = dict(variational=True, dropouti=0.4, dropouth=0.3, dropoute=0.1, wdrop=0.5)
+
+
+def test_locked_dropout_keeps_one_mask_per_sequence_across_time():
+    torch.manual_seed(0)
+    x = torch.ones(4, 50, 32)
+    y = locked_dropout(x, 0.5, training=True)
+    dropped = y == 0
+    assert dropped.any() and not dropped.all()
+    assert torch.equal(dropped, dropped[:, :1].expand_as(dropped))  # same units at every step
+    assert not torch.equal(dropped[0], dropped[1])                  # but each sequence its own
+    assert torch.allclose(y[~dropped], torch.tensor(2.0))          # kept units scaled by 1/(1-p)
+    assert torch.equal(locked_dropout(x, 0.5, training=False), x)
+
+
+def test_embedding_dropout_drops_every_occurrence_of_a_word_and_nothing_else():
+    torch.manual_seed(1)
+    model = LSTMLanguageModel(40, 8, 8, 1, 0.0, True, dropoute=0.5).train()
+    x = torch.randint(0, 40, (6, 30))
+    emb = F.embedding(x, model.embedding.weight) * word_mask(40, 0.5, model.embedding.weight)[x]
+    zero = (emb == 0).all(-1)
+    assert zero.any() and not zero.all()
+    for word in x.unique():
+        rows = zero[x == word]
+        assert rows.all() or not rows.any()  # a word is dropped everywhere in the window or nowhere
+    kept = ~zero
+    assert torch.allclose(emb[kept], 2 * model.embedding.weight[x[kept]])
+
+
+def test_weight_drop_uses_one_hidden_to_hidden_mask_for_the_whole_sequence():
+    """DropConnect, not dropout: the LSTM with weight drop equals, step by step, an LSTM
+    cell whose hidden-to-hidden matrix was masked once before the sequence began."""
+    torch.manual_seed(2)
+    lstm = torch.nn.LSTM(5, 6, 1, batch_first=True)
+    x, h0 = torch.randn(3, 12, 5), (torch.zeros(1, 3, 6), torch.zeros(1, 3, 6))
+    state = torch.get_rng_state()
+    out, _ = run_lstm(lstm, x, h0, 0.5)
+    torch.set_rng_state(state)
+    w_hh = F.dropout(lstm.weight_hh_l0, 0.5, True)  # the same draw
+    assert (w_hh == 0).any()
+    cell = torch.nn.LSTMCell(5, 6)
+    with torch.no_grad():
+        cell.weight_ih.copy_(lstm.weight_ih_l0), cell.weight_hh.copy_(w_hh)
+        cell.bias_ih.copy_(lstm.bias_ih_l0), cell.bias_hh.copy_(lstm.bias_hh_l0)
+    h, c, steps = torch.zeros(3, 6), torch.zeros(3, 6), []
+    for t in range(12):
+        h, c = cell(x[:, t], (h, c))
+        steps.append(h)
+    assert torch.allclose(out, torch.stack(steps, 1), atol=1e-6)
+    assert not torch.allclose(out, lstm(x, h0)[0], atol=1e-3)  # the drop did something
+    out.sum().backward()
+    assert lstm.weight_hh_l0.grad is not None  # and the module's own weight learns
+
+
+def test_activation_penalties_are_ar_and_tar():
+    output = torch.tensor([[[1.0, 2.0], [3.0, 2.0], [3.0, 4.0]]])   # (1 sequence, 3 steps, 2 units)
+    dropped = torch.tensor([[[0.0, 4.0], [6.0, 0.0], [6.0, 8.0]]])
+    ar = (16 + 36 + 36 + 64) / 6
+    tar = ((2 ** 2 + 0 ** 2) + (0 ** 2 + 2 ** 2)) / 4
+    assert activation_penalty(output, dropped, 2.0, 0.0).item() == pytest.approx(2 * ar)
+    assert activation_penalty(output, dropped, 0.0, 3.0).item() == pytest.approx(3 * tar)
+    assert activation_penalty(output, dropped, 2.0, 3.0).item() == pytest.approx(2 * ar + 3 * tar)
+
+
+def test_regularisers_add_no_parameter_and_leave_the_reference_model_alone():
+    reference = LSTMLanguageModel(10002, 650, 650, 2, 0.5, True)
+    regularized = LSTMLanguageModel(10002, 650, 650, 2, 0.5, True, **REGULARIZED)
+    assert count_parameters(regularized) == count_parameters(reference) == 13281702
+    # off, the model draws the reference's dropout masks in the reference's order
+    torch.manual_seed(3)
+    plain = LSTMLanguageModel(30, 8, 8, 2, 0.3, True)
+    torch.manual_seed(3)
+    all_off = LSTMLanguageModel(30, 8, 8, 2, 0.3, True, variational=False, dropouti=0.3,
+                                dropouth=0.3, dropoute=0.0, wdrop=0.0)
+    x = torch.randint(0, 30, (2, 9))
+    torch.manual_seed(4)
+    a = plain(x, plain.init_hidden(2))[0]
+    torch.manual_seed(4)
+    b = all_off(x, all_off.init_hidden(2))[0]
+    assert torch.equal(a, b)
+
+
+def test_regularisers_are_off_in_evaluation_and_raise_no_warning():
+    torch.manual_seed(5)
+    model = LSTMLanguageModel(30, 8, 8, 2, 0.3, True, **REGULARIZED)
+    x = torch.randint(0, 30, (2, 9))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model.train()
+        logits, _ = model(x, model.init_hidden(2))
+        logits.sum().backward()
+        model.eval()
+        first = model(x, model.init_hidden(2))[0]
+        second = model(x, model.init_hidden(2))[0]
+    assert torch.equal(first, second)  # deterministic: no mask drawn in evaluation
+
+
+def test_the_preset_trains_resumes_evaluates_and_generates(tmp_path):
+    """--recipe regularized through the real scripts: it is printed, recorded in the
+    checkpoint, learns the tiny corpus, resumes without repeating the flags, and the
+    checkpoint is read by --eval_only and generate.py."""
+    proc, save = train_tiny(tmp_path, '--recipe', 'regularized', '--dropout', '0.1', epochs=1)
+    assert proc.returncode == 0, proc.stderr
+    recipe_line = next(line for line in proc.stdout.splitlines() if line.startswith('Recipe'))
+    assert recipe_line == ('Recipe regularized: --variational --dropout 0.1 --dropouti 0.5 '
+                           '--dropouth 0.3 --dropoute 0.1 --wdrop 0.3 --alpha 2.0 --beta 1.0')
+    ckpt = torch.load(save, weights_only=True)
+    assert ckpt['model_args']['variational'] and ckpt['model_args']['wdrop'] == 0.3
+    assert ckpt['args']['recipe'] == 'regularized'
+
+    resumed = run_script('demo_tie.py', '--save_path', save, '--data_dir', tmp_path / 'corpus',
+                         '--resume', '--epochs', '4')
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'Recipe regularized: --variational --dropout 0.1' in resumed.stdout
+    vals = [float(line.split('Validation Perplexity: ')[1].split(',')[0])
+            for line in (proc.stdout + resumed.stdout).splitlines() if line.startswith('Epoch:')]
+    assert len(vals) == 4 and vals[-1] < min(vals[0], 1.2), vals  # it learns the pattern corpus (12 words)
+
+    refused = run_script('demo_tie.py', '--save_path', save, '--data_dir', tmp_path / 'corpus',
+                         '--resume', '--recipe', 'reference', '--epochs', '5')
+    assert refused.returncode == 1 and '--recipe regularized' in refused.stderr
+    assert 'Traceback' not in refused.stderr
+
+    evaluated = run_script('demo_tie.py', '--eval_only', '--save_path', save,
+                           '--data_dir', tmp_path / 'corpus')
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert 'Test Perplexity' in evaluated.stdout
+    generated = run_script('generate.py', '--checkpoint', save, '--seed_text', 'one two',
+                           '--num_words', '5')
+    assert generated.returncode == 0, generated.stderr
+
+
+def test_help_lists_the_regularisers_off_by_default():
+    out = run_script('demo_tie.py', '--help').stdout
+    for flag in ('--recipe', '--variational', '--dropouti', '--dropouth', '--dropoute', '--wdrop',
+                 '--alpha', '--beta'):
+        assert flag in out
+    assert "{reference,regularized}" in out and '(default: reference)' in out
