@@ -224,6 +224,30 @@ def window_starts(data, seq_length):
     return range(0, data.size(1) - 1, seq_length)
 
 
+def fixed_windows(data, seq_length):
+    """(start, length) of each window of window_starts."""
+    steps = data.size(1)
+    return [(start, min(seq_length, steps - 1 - start)) for start in window_starts(data, seq_length)]
+
+
+def variable_windows(data, seq_length, rng):
+    """AWD-LSTM's variable-length windows (Merity et al. 2017), as (start, length) pairs
+    that cover `data` once: each length is drawn around seq_length (around half of it one
+    time in twenty), with a standard deviation of 5, at least 5 and at most seq_length + 40.
+    Every cut through the text then falls somewhere new each epoch, so that no word is
+    always predicted from the same short context. `rng` is a random.Random: seeded from
+    the run's seed and the epoch, the same windows are drawn again on resume and in every
+    process."""
+    steps, windows, start = data.size(1), [], 0
+    shortest = min(5, seq_length)
+    while start < steps - 1:
+        mean = seq_length if rng.random() < 0.95 else seq_length / 2
+        length = min(max(shortest, int(rng.gauss(mean, 5))), seq_length + 40, steps - 1 - start)
+        windows.append((start, length))
+        start += length
+    return windows
+
+
 def get_window(data, start, seq_length):
     """Input and target of the window that starts at column `start`, as int64 (the streams
     are stored as int32 to halve their memory; cross-entropy wants int64 targets).

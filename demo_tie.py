@@ -13,6 +13,7 @@ Files written beside --save_path (best_model.pt by default):
 import argparse
 import copy
 import math
+import random
 import signal
 import sys
 import time
@@ -208,7 +209,13 @@ def train(args, given, device, stop, group):
     train_data = group.rows(data.batchify(corpus.train, args.batch_size)).to(device)
     valid_data = group.rows(data.batchify(corpus.valid, args.batch_size)).to(device)
     test_data = group.rows(data.batchify(corpus.test, args.batch_size)).to(device)
-    n_windows = len(data.window_starts(train_data, args.seq_length))
+
+    def windows_of_epoch(epoch):
+        """The epoch's training windows as (start, length); drawn anew each epoch from the
+        run's seed under --variable_bptt, so that a resume draws the same ones."""
+        if args.variable_bptt:
+            return data.variable_windows(train_data, args.seq_length, random.Random(f'{args.seed}:{epoch}'))
+        return data.fixed_windows(train_data, args.seq_length)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode='min', factor=args.lr_factor, patience=args.lr_patience)
@@ -219,8 +226,11 @@ def train(args, given, device, stop, group):
     first_epoch, best_val, position = 1, math.inf, None
     run_id = uuid.uuid4().hex
     if ckpt is not None:
+        if 'seed' in given and args.seed != ckpt['args'].get('seed'):
+            warn('--seed is ignored on resume: the random state continues from the checkpoint')
+            args.seed = ckpt['args'].get('seed')
         first_epoch, best_val, position = restore(ckpt, resume_path, model, optimizer, scheduler,
-                                                  scaler, n_windows, args.batch_size)
+                                                  scaler, windows_of_epoch, args.batch_size)
         changed_processes = restore_random_state(ckpt, group, args.seed)
         if changed_processes:
             warn(changed_processes)
@@ -230,9 +240,6 @@ def train(args, given, device, stop, group):
         print(f'Resuming from {resume_path} at {where}', flush=True)
         for name, old, new in changes:
             print(f'Changed on resume: --{name} {old} -> {new}')
-        if 'seed' in given and args.seed != ckpt['args'].get('seed'):
-            warn('--seed is ignored on resume: the random state continues from the checkpoint')
-            args.seed = ckpt['args'].get('seed')
     fingerprint = data_fingerprint(corpus)
     wrote_last = False  # a last checkpoint already on disk may be an earlier run's
 
@@ -263,6 +270,8 @@ def train(args, given, device, stop, group):
                 stopped = True
                 break
             start, hidden, losses, seconds = 0, None, None, 0.0
+            windows = windows_of_epoch(epoch)
+            n_windows = len(windows)
             if position is not None:  # resuming in mid-epoch
                 start, seconds = position['window'], position['seconds']
                 hidden = tuple(group.rows(h, dim=1).contiguous().to(device) for h in position['hidden'])
@@ -282,7 +291,8 @@ def train(args, given, device, stop, group):
                                          should_stop=lambda: group.stop_agreed(stop.signum is not None),
                                          on_window=show,
                                          average_losses=group.mean if group.world_size > 1 else None,
-                                         alpha=args.alpha, beta=args.beta)
+                                         alpha=args.alpha, beta=args.beta,
+                                         windows=windows if args.variable_bptt else None)
                 except NonFiniteLoss as e:
                     raise RunError(
                         f'the training loss became NaN or infinite in epoch {epoch}, window '
@@ -313,7 +323,7 @@ def train(args, given, device, stop, group):
                 if group.is_main:
                     save_checkpoint(checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id), files.best)
                 print(f'Best model saved with Perplexity: {perplexity(val_loss):.4f}', flush=True)
-            train_loss = epoch_loss(result.losses, train_data, args.seq_length)
+            train_loss = epoch_loss(result.losses, train_data, args.seq_length, windows)
             if metrics is not None:
                 metrics.append({'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
                                 'train_ppl': f'{perplexity(train_loss):.4f}',

@@ -3,6 +3,7 @@ them fast (optimizer kernel, mixed precision, memory reuse). Shared by the train
 scorer, the benchmark and the tests, so all of them run exactly the same loop.
 """
 import ctypes
+import contextlib
 import math
 import platform
 from typing import NamedTuple
@@ -91,7 +92,7 @@ def mixed_precision(device, requested):
 def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
                 losses=None, forward=None, autocast_dtype=None, scaler=None,
                 should_stop=lambda: False, on_window=lambda k, running_loss: None,
-                average_losses=None, alpha=0.0, beta=0.0):
+                average_losses=None, alpha=0.0, beta=0.0, windows=None):
     """One pass of truncated BPTT over `train_data` (batch_size, steps), from window `start`.
 
     The loss stays on the device: it is read every REFRESH_EVERY windows (to check it is
@@ -101,20 +102,24 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
     each process's window losses into the whole batch's, so that every process reports, and
     stops on, the same values. `alpha` and `beta` weigh the activation penalties added to
     the loss that is minimised (see activation_penalty); the losses reported and returned are
-    the cross-entropy alone. Raises NonFiniteLoss naming the first window whose loss was NaN
-    or infinite.
+    the cross-entropy alone. `windows` lists the (start, length) of each window for variable
+    length training (data.variable_windows): each step then takes the learning rate scaled
+    by length / seq_length, as AWD-LSTM does, so that every token weighs the same. Without
+    it, the fixed windows of seq_length are used, at the learning rate as it is. Raises
+    NonFiniteLoss naming the first window whose loss was NaN or infinite.
     """
     forward = model if forward is None else forward
     device = train_data.device
-    starts = data.window_starts(train_data, seq_length)
+    variable = windows is not None
+    windows = windows if variable else data.fixed_windows(train_data, seq_length)
     if losses is None:
-        losses = torch.zeros(len(starts), device=device)
+        losses = torch.zeros(len(windows), device=device)
     if hidden is None:
         hidden = model.init_hidden(train_data.size(0))
     checked, reported_sum = start, 0.0
     model.train()
-    for k in range(start, len(starts)):
-        x, y = data.get_window(train_data, starts[k], seq_length)
+    for k in range(start, len(windows)):
+        x, y = data.get_window(train_data, *windows[k])
         hidden = detach_hidden(hidden)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             if alpha or beta:
@@ -130,16 +135,17 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         else:
             objective.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # multi-tensor where supported
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        with scaled_lr(optimizer, windows[k][1] / seq_length if variable else 1):
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
         losses[k] = loss.detach()
 
         stopping = should_stop()
         running_loss = None
-        if k + 1 - checked >= REFRESH_EVERY or k + 1 == len(starts) or stopping:
+        if k + 1 - checked >= REFRESH_EVERY or k + 1 == len(windows) or stopping:
             if average_losses is not None:
                 losses[checked:k + 1] = average_losses(losses[checked:k + 1].clone())
             recent = losses[checked:k + 1].tolist()  # the one read from the device
@@ -151,7 +157,23 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         on_window(k, running_loss)
         if stopping:
             return EpochResult(losses, hidden, k + 1)
-    return EpochResult(losses, hidden, len(starts))
+    return EpochResult(losses, hidden, len(windows))
+
+
+@contextlib.contextmanager
+def scaled_lr(optimizer, scale):
+    """The learning rate times `scale` for one step."""
+    if scale == 1:
+        yield
+        return
+    base = [g['lr'] for g in optimizer.param_groups]
+    for g, lr in zip(optimizer.param_groups, base):
+        g['lr'] = lr * scale
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, base):
+            g['lr'] = lr
 
 
 def activation_penalty(output, dropped, alpha, beta):
@@ -167,14 +189,10 @@ def activation_penalty(output, dropped, alpha, beta):
     return penalty
 
 
-def window_lengths(batched, seq_length):
-    starts = data.window_starts(batched, seq_length)
-    return torch.tensor([data.get_window(batched, s, seq_length)[0].size(1) for s in starts])
-
-
-def epoch_loss(losses, train_data, seq_length):
+def epoch_loss(losses, train_data, seq_length, windows=None):
     """Token-weighted mean of the per-window losses (the last window may be shorter)."""
-    lengths = window_lengths(train_data, seq_length).to(losses.device, losses.dtype)
+    windows = windows or data.fixed_windows(train_data, seq_length)
+    lengths = torch.tensor([length for _, length in windows]).to(losses.device, losses.dtype)
     return float((losses * lengths).sum() / lengths.sum())
 
 

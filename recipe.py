@@ -17,7 +17,7 @@ RECIPES = {
     'reference': {},
     # Chosen by the 2x200 measurements in the README's "Better recipe" section.
     'regularized': {'variational': True, 'dropout': 0.4, 'dropouti': 0.5, 'dropouth': 0.3,
-                    'dropoute': 0.1, 'wdrop': 0.3, 'alpha': 2.0, 'beta': 1.0},
+                    'dropoute': 0.1, 'wdrop': 0.3, 'alpha': 2.0, 'beta': 1.0, 'variable_bptt': True},
 }
 
 # The regularisers that are arguments of the model, with their "off" values. A checkpoint's
@@ -48,6 +48,9 @@ def add_regularizer_flags(parser):
     group.add_argument('--beta', type=non_negative_float, default=0.0,
                        help='Temporal activation regularisation (TAR): weight of the mean squared '
                             "change of the last layer's output from one step to the next")
+    group.add_argument('--variable_bptt', action=argparse.BooleanOptionalAction, default=False,
+                       help='Windows of random length around --seq_length, drawn anew each epoch, '
+                            'with the learning rate scaled by length / --seq_length')
 
 
 def apply_recipe(args, given):

@@ -148,7 +148,7 @@ FIXED_ON_RESUME = ('embed_size', 'hidden_size', 'num_layers', 'tied', 'max_vocab
 CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip', 'dropout',
                         'dropouti', 'dropouth', 'dropoute', 'wdrop', 'alpha', 'beta')
 # Fixed in the middle of an epoch (the position is a window of this layout); free between epochs.
-LAYOUT = ('batch_size', 'seq_length')
+LAYOUT = ('batch_size', 'seq_length', 'variable_bptt')
 
 
 def flag_syntax(name, value):
@@ -194,9 +194,10 @@ def check_same_data(ckpt, path, corpus, data_dir):
                                   'started with; resume with the same data, or start a new run')
 
 
-def restore(ckpt, path, model, optimizer, scheduler, scaler, n_windows, batch_size):
+def restore(ckpt, path, model, optimizer, scheduler, scaler, windows_of_epoch, batch_size):
     """Load a last checkpoint's state; returns (first epoch to run, best validation loss,
-    position in that epoch or None). A checkpoint that loads but does not fit is refused."""
+    position in that epoch or None). A checkpoint that loads but does not fit is refused.
+    `windows_of_epoch(epoch)` is the list of an epoch's training windows."""
     try:
         model.load_state_dict(ckpt['model_state'])
         optimizer.load_state_dict(ckpt['optimizer'])
@@ -207,6 +208,7 @@ def restore(ckpt, path, model, optimizer, scheduler, scaler, n_windows, batch_si
         position, epoch, best_val = ckpt['position'], int(ckpt['epoch']), float(ckpt['best_val_loss'])
         if position is not None:
             num_layers, hidden_size = model.num_layers, model.hidden_size
+            n_windows = len(windows_of_epoch(epoch))
             ok = (0 < int(position['window']) < n_windows
                   and tuple(position['losses'].shape) == (n_windows,)
                   and len(position['hidden']) == 2

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,33 @@ def train_tiny(folder, *extra, epochs=3):
     proc = run_script('demo_tie.py', '--data_dir', corpus, *TINY, '--tied', '--epochs', epochs,
                       '--save_path', save, *extra)
     return proc, save
+
+
+def start_training(folder, *extra):
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    return subprocess.Popen([sys.executable, str(ROOT / 'demo_tie.py'), '--data_dir', folder / 'corpus',
+                             *TINY, '--tied', '--save_path', folder / 'model.pt', *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_training(proc, seconds=0.3):
+    """Return once epoch 1's progress bar has shown, plus `seconds`."""
+    seen = b''
+    while b'Epoch 1:' not in seen:
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, 'training ended before its first epoch'
+        seen += chunk
+    time.sleep(seconds)
+
+
+def states_equal(a, b):
+    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    return a['model_state'].keys() == b['model_state'].keys() and all(
+        torch.equal(a['model_state'][k], b['model_state'][k]) for k in a['model_state'])
+
+
+def printed_test_lines(proc):
+    return [l for l in proc.stdout.splitlines() if l.startswith('Test Loss')]
 
 
 def list_reader(folder):

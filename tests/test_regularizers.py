@@ -1,13 +1,17 @@
 """The opt-in regularisers (issue 13): each one's defining property, that none adds a
 parameter or touches the reference's model, and the preset through the real scripts."""
+import random
+import signal
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_script, train_tiny
-from engine import activation_penalty
+import data
+from conftest import (TINY, pattern_corpus, printed_test_lines, run_script, start_training,
+                      states_equal, train_tiny, wait_for_training)
+from engine import activation_penalty, train_epoch
 from model import LSTMLanguageModel, count_parameters, locked_dropout, run_lstm, word_mask
 
 REGULARIZED = dict(variational=True, dropouti=0.4, dropouth=0.3, dropoute=0.1, wdrop=0.5)
@@ -74,6 +78,38 @@ def test_activation_penalties_are_ar_and_tar():
     assert activation_penalty(output, dropped, 2.0, 3.0).item() == pytest.approx(2 * ar + 3 * tar)
 
 
+def test_variable_windows_cover_the_stream_once_with_lengths_around_seq_length():
+    stream = torch.zeros(4, 20001)
+    windows = data.variable_windows(stream, 30, random.Random('1111:1'))
+    starts = [s for s, _ in windows]
+    lengths = [n for _, n in windows]
+    assert starts[0] == 0 and sum(lengths) == 20000
+    assert all(s + n == t for (s, n), t in zip(windows, starts[1:]))  # contiguous, no overlap
+    assert min(lengths[:-1]) >= 5 and max(lengths) <= 70
+    assert 27 < sum(lengths) / len(lengths) < 31  # 95% around 30, 5% around 15
+    assert len(set(lengths)) > 10
+    assert windows == data.variable_windows(stream, 30, random.Random('1111:1'))  # resumable
+    assert windows != data.variable_windows(stream, 30, random.Random('1111:2'))  # new each epoch
+
+
+def test_a_variable_window_steps_with_the_learning_rate_scaled_by_its_length():
+    """Plain SGD makes the step visible: after one window of length 12 with --seq_length 8,
+    every weight moved by lr x 12/8 x its gradient, and the optimizer's lr is left as it was."""
+    torch.manual_seed(6)
+    model = LSTMLanguageModel(20, 6, 6, 1, 0.0, True)
+    stream = torch.randint(0, 20, (3, 13))
+    reference = LSTMLanguageModel(20, 6, 6, 1, 0.0, True)
+    reference.load_state_dict(model.state_dict())
+    x, y = data.get_window(stream, 0, 12)
+    logits, _ = reference(x, reference.init_hidden(3))
+    F.cross_entropy(logits.reshape(-1, 20), y.reshape(-1)).backward()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_epoch(model, stream, optimizer, 8, clip=1e9, windows=[(0, 12)])
+    assert optimizer.param_groups[0]['lr'] == 0.1
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(p, q - 0.1 * 12 / 8 * q.grad, atol=1e-6), name
+
+
 def test_regularisers_add_no_parameter_and_leave_the_reference_model_alone():
     reference = LSTMLanguageModel(10002, 650, 650, 2, 0.5, True)
     regularized = LSTMLanguageModel(10002, 650, 650, 2, 0.5, True, **REGULARIZED)
@@ -115,7 +151,8 @@ def test_the_preset_trains_resumes_evaluates_and_generates(tmp_path):
     assert proc.returncode == 0, proc.stderr
     recipe_line = next(line for line in proc.stdout.splitlines() if line.startswith('Recipe'))
     assert recipe_line == ('Recipe regularized: --variational --dropout 0.1 --dropouti 0.5 '
-                           '--dropouth 0.3 --dropoute 0.1 --wdrop 0.3 --alpha 2.0 --beta 1.0')
+                           '--dropouth 0.3 --dropoute 0.1 --wdrop 0.3 --alpha 2.0 --beta 1.0 '
+                           '--variable_bptt')
     ckpt = torch.load(save, weights_only=True)
     assert ckpt['model_args']['variational'] and ckpt['model_args']['wdrop'] == 0.3
     assert ckpt['args']['recipe'] == 'regularized'
@@ -145,6 +182,30 @@ def test_the_preset_trains_resumes_evaluates_and_generates(tmp_path):
 def test_help_lists_the_regularisers_off_by_default():
     out = run_script('demo_tie.py', '--help').stdout
     for flag in ('--recipe', '--variational', '--dropouti', '--dropouth', '--dropoute', '--wdrop',
-                 '--alpha', '--beta'):
+                 '--alpha', '--beta', '--variable_bptt'):
         assert flag in out
     assert "{reference,regularized}" in out and '(default: reference)' in out
+
+
+def test_a_preset_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path):
+    """SIGTERM in mid-epoch, then --resume: the same weights as the uninterrupted run,
+    every regulariser and the variable windows included."""
+    pattern_corpus(tmp_path / 'corpus', train_lines=3000, eval_lines=40)
+    (tmp_path / 'stopped').mkdir()
+    (tmp_path / 'stopped' / 'corpus').symlink_to(tmp_path / 'corpus')
+    preset = ('--recipe', 'regularized', '--epochs', '2')
+    whole = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied', *preset,
+                       '--save_path', tmp_path / 'model.pt')
+    assert whole.returncode == 0, whole.stderr
+
+    proc = start_training(tmp_path / 'stopped', *preset)
+    wait_for_training(proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert torch.load(tmp_path / 'stopped' / 'model.last.pt', weights_only=True)['position'] is not None
+    resumed = run_script('demo_tie.py', '--save_path', tmp_path / 'stopped' / 'model.pt',
+                         '--data_dir', tmp_path / 'corpus', '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert printed_test_lines(resumed) == printed_test_lines(whole)
+    assert states_equal(tmp_path / 'stopped' / 'model.last.pt', tmp_path / 'model.last.pt')

@@ -4,26 +4,14 @@ import os
 import pickle
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import demo_tie
-from conftest import ROOT, TINY, copy_run, pattern_corpus, run_script, train_tiny
-
-
-def states_equal(a, b):
-    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    return a['model_state'].keys() == b['model_state'].keys() and all(
-        torch.equal(a['model_state'][k], b['model_state'][k]) for k in a['model_state'])
-
-
-def printed_test_lines(proc):
-    return [l for l in proc.stdout.splitlines() if l.startswith('Test Loss')]
+from conftest import (TINY, copy_run, pattern_corpus, printed_test_lines, run_script,
+                      start_training, states_equal, train_tiny, wait_for_training)
 
 
 def csv_epochs(path):
@@ -43,23 +31,6 @@ def test_resuming_after_an_epoch_matches_the_uninterrupted_run_bit_for_bit(tmp_p
     assert states_equal(save, trained['checkpoint'])
     assert states_equal(tmp_path / 'model.last.pt', trained['folder'] / 'model.last.pt')
     assert csv_epochs(tmp_path / 'model.csv') == ['1', '2', '3']  # appended, not duplicated
-
-
-def start_training(folder, *extra):
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.Popen([sys.executable, str(ROOT / 'demo_tie.py'), '--data_dir', folder / 'corpus',
-                             *TINY, '--tied', '--save_path', folder / 'model.pt', *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def wait_for_training(proc, seconds=0.3):
-    """Return once epoch 1's progress bar has shown, plus `seconds`."""
-    seen = b''
-    while b'Epoch 1:' not in seen:
-        chunk = os.read(proc.stderr.fileno(), 4096)
-        assert chunk, 'training ended before its first epoch'
-        seen += chunk
-    time.sleep(seconds)
 
 
 @pytest.fixture(scope='module')
