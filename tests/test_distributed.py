@@ -154,3 +154,17 @@ def test_the_nan_guard_stops_every_process(corpus, tmp_path):
                     '--save_path', tmp_path / 'm.pt')
     assert proc.returncode != 0
     assert proc.stderr.count('error: the training loss became NaN or infinite in epoch 1') == 1
+
+
+def test_the_regularized_recipe_trains_the_same_under_two_processes(corpus, tmp_path):
+    """The preset's variable windows, layer-by-layer LSTM and activation penalties, with its
+    random masks off (each process draws its own): two processes train what one trains."""
+    preset = ['--recipe', 'regularized', '--dropouti', '0', '--dropouth', '0', '--dropoute', '0',
+              '--wdrop', '0', '--epochs', 1]
+    one = run_script('demo_tie.py', '--data_dir', corpus, *FLAGS, *preset, '--save_path', tmp_path / 'one.pt')
+    two = torchrun(2, '--data_dir', corpus, *FLAGS, *preset, '--save_path', tmp_path / 'two.pt')
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert 'Recipe regularized: --variational --dropout 0.0' in two.stdout
+    for prefix in ('Epoch: ', 'Test Loss'):
+        assert numbers(two, prefix) == pytest.approx(numbers(one, prefix), rel=1e-4), prefix
