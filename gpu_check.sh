@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check of the performance issue, prepared so that one run on a lent GPU is enough:
-# one full PTB epoch of the reference configuration (2x650 tied, batch 20, seq 30) in float32
-# and with --amp, then bench.py. Needs data/penn (carry it) and a CUDA GPU.
+# GPU measurements, prepared so that one call on a lent GPU is enough for each. Needs
+# data/penn (carry it) and a CUDA GPU. Logs go to $OUT (the device tool's) or ./gpu_check/.
 #
-#   bash gpu_check.sh                      # logs go to $OUT (the device tool's) or ./gpu_check/
-#   SIZE="--embed_size 16 --hidden_size 16" DEVICE=cpu bash gpu_check.sh   # a dry run on a CPU
+#   bash gpu_check.sh              # one PTB epoch of the reference model (2x650 tied), float32
+#                                  # and --amp, then bench.py
+#   bash gpu_check.sh ref40        # the reference run, all 40 epochs, float32 (issue 9)
+#   bash gpu_check.sh regularized  # the same with --recipe regularized (issue 13)
+#   SIZE="--embed_size 16 --hidden_size 16" EPOCHS=1 DEVICE=cpu bash gpu_check.sh ref40   # dry run
 set -euo pipefail
 cd "$(dirname "$0")"
 out=${OUT:-gpu_check}
@@ -12,6 +14,19 @@ mkdir -p "$out"
 device=${DEVICE:-cuda}
 export PYTHONUNBUFFERED=1
 python3 -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee "$out/machine.txt"
+
+full_run() {  # name, flags...: a whole run, keeping its log, stderr tail and CSV
+  local name=$1; shift
+  python3 demo_tie.py --tied --device "$device" ${SIZE:-} --epochs ${EPOCHS:-40} "$@" \
+      --save_path "$out/$name.pt" 2> >(tail -c 20000 > "$out/$name.err") | tee "$out/$name.log"
+  rm -f "$out/$name.pt" "$out/$name.last.pt" "$out/$name.lock"  # the device tool returns at most 8 files
+}
+case "${1:-epoch}" in
+  ref40) full_run ref40; exit ;;
+  regularized) full_run regularized --recipe regularized; exit ;;
+  epoch) ;;
+  *) echo "gpu_check.sh: unknown job $1 (epoch, ref40, regularized)" >&2; exit 2 ;;
+esac
 for mode in float32 amp; do
   flag=""
   if [ "$mode" = amp ]; then flag=--amp; fi

@@ -150,11 +150,11 @@ def test_the_preset_trains_resumes_evaluates_and_generates(tmp_path):
     proc, save = train_tiny(tmp_path, '--recipe', 'regularized', '--dropout', '0.1', epochs=1)
     assert proc.returncode == 0, proc.stderr
     recipe_line = next(line for line in proc.stdout.splitlines() if line.startswith('Recipe'))
-    assert recipe_line == ('Recipe regularized: --variational --dropout 0.1 --dropouti 0.5 '
-                           '--dropouth 0.3 --dropoute 0.1 --wdrop 0.3 --alpha 2.0 --beta 1.0 '
+    assert recipe_line == ('Recipe regularized: --variational --dropout 0.1 --dropouti 0.4 '
+                           '--dropouth 0.25 --dropoute 0.1 --wdrop 0.5 --alpha 2.0 --beta 1.0 '
                            '--variable_bptt')
     ckpt = torch.load(save, weights_only=True)
-    assert ckpt['model_args']['variational'] and ckpt['model_args']['wdrop'] == 0.3
+    assert ckpt['model_args']['variational'] and ckpt['model_args']['wdrop'] == 0.5
     assert ckpt['args']['recipe'] == 'regularized'
 
     resumed = run_script('demo_tie.py', '--save_path', save, '--data_dir', tmp_path / 'corpus',
