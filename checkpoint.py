@@ -122,10 +122,18 @@ def _check_model_fields(path, ckpt):
           and isinstance(ckpt.get('model_state'), dict)
           and all(isinstance(args.get(k), int) and args[k] > 0 for k in MODEL_ARGS[:4])
           and isinstance(args.get('dropout'), float) and isinstance(args.get('tied'), bool)
-          and args['vocab_size'] == len(vocab))
+          and args['vocab_size'] == len(vocab)
+          and all(_is_regularizer(k, args[k]) for k in MODEL_REGULARIZERS if k in args))
     if not ok:
         raise CheckpointError(f'{path} is damaged: its model description or vocabulary is missing '
                               'or inconsistent')
+
+
+def _is_regularizer(name, value):
+    if name == 'variational':
+        return isinstance(value, bool)
+    return (value is None and name in ('dropouti', 'dropouth')) or (
+        isinstance(value, float) and 0 <= value < 1)
 
 
 def build_model(ckpt, device='cpu'):

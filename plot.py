@@ -1,7 +1,7 @@
 """Draw validation perplexity against epoch and against training time from demo_tie.py's CSVs.
 
     python plot.py runs/tied_200.csv runs/untied_200.csv -o docs/tied_vs_untied.png
-    python plot.py docs/ref40.csv --reference -o docs/ref40.png
+    python plot.py docs/ref40.csv docs/regularized.csv --reference -o docs/recipe.png
 
 One line per CSV, labelled with the file's name. Needs matplotlib (pip install matplotlib),
 which nothing else in the project uses.

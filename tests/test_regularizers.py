@@ -209,3 +209,13 @@ def test_a_preset_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert printed_test_lines(resumed) == printed_test_lines(whole)
     assert states_equal(tmp_path / 'stopped' / 'model.last.pt', tmp_path / 'model.last.pt')
+
+
+@pytest.mark.parametrize('field, value', [('dropouti', 'x'), ('wdrop', 1.5), ('variational', 'yes')])
+def test_a_checkpoint_with_a_bad_regulariser_is_called_damaged(tmp_path, trained, field, value):
+    ckpt = torch.load(trained['checkpoint'], weights_only=True)
+    ckpt['model_args'][field] = value
+    torch.save(ckpt, tmp_path / 'bad.pt')
+    proc = run_script('generate.py', '--checkpoint', tmp_path / 'bad.pt', '--num_words', '3')
+    assert proc.returncode == 1
+    assert 'is damaged: its model description' in proc.stderr and 'Traceback' not in proc.stderr
