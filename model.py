@@ -69,15 +69,7 @@ class LSTMLanguageModel(nn.Module):
         if self.dropoute and self.training:
             emb = emb * word_mask(self.embedding.num_embeddings, self.dropoute, emb)[x]
         if self.variational:
-            layer_input, states = locked_dropout(emb, self.dropouti, self.training), []
-            for k, lstm in enumerate(self.lstm):
-                if k > 0:
-                    layer_input = locked_dropout(layer_input, self.dropouth, self.training)
-                layer_input, state = run_lstm(lstm, layer_input, (hidden[0][k:k + 1], hidden[1][k:k + 1]),
-                                              self.wdrop if self.training else 0.0)
-                states.append(state)
-            output = layer_input
-            hidden = (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
+            output, hidden = self._lstm_layer_by_layer(emb, hidden)
             dropped = locked_dropout(output, self.dropout.p, self.training)
         else:
             emb = F.dropout(emb, self.dropouti, self.training)
@@ -87,6 +79,18 @@ class LSTMLanguageModel(nn.Module):
         if with_outputs:
             return logits, hidden, output, dropped
         return logits, hidden
+
+    def _lstm_layer_by_layer(self, emb, hidden):
+        """The LSTM under --variational: a locked dropout mask on each layer's input."""
+        wdrop = self.wdrop if self.training else 0.0
+        layer_input, rate, states = emb, self.dropouti, []
+        for k, lstm in enumerate(self.lstm):
+            layer_input = locked_dropout(layer_input, rate, self.training)
+            layer_input, state = run_lstm(lstm, layer_input, (hidden[0][k:k + 1], hidden[1][k:k + 1]), wdrop)
+            states.append(state)
+            rate = self.dropouth
+        h, c = zip(*states)
+        return layer_input, (torch.cat(h), torch.cat(c))
 
     def init_hidden(self, batch_size):
         weight = self.fc.bias
