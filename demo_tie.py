@@ -394,9 +394,10 @@ def main(argv=None):
     stop = StopRequest()  # installed before the data is read, so no signal is lost
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if args.eval_only:
-            return eval_only(args, device, stop, group)
-        return train(args, given, device, stop, group)
+        status = eval_only(args, device, stop, group) if args.eval_only else \
+            train(args, given, device, stop, group)
+        group.finish()
+        return status
     except (data.DataError, CheckpointError, RunError, ShareError) as e:
         if group.is_main:
             print(f'error: {e}', file=sys.stderr)

@@ -58,6 +58,9 @@ class Single:
     def stop_agreed(self, local, now=False):
         return local
 
+    def finish(self):
+        pass
+
     def close(self):
         pass
 
@@ -115,6 +118,12 @@ class Distributed(Single):
         flag = torch.tensor([int(local)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+    def finish(self):
+        """Called by every process once its work has ended normally: none tears down its
+        connections while another is still receiving the last sums (gloo aborts a process
+        whose peer leaves in mid-exchange: "terminate called without an active exception")."""
+        dist.barrier()
 
     def close(self):
         if dist.is_initialized():
