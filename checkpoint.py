@@ -130,10 +130,12 @@ def _check_model_fields(path, ckpt):
 
 
 def _is_regularizer(name, value):
-    if name == 'variational':
+    """A value of the kind the flag takes: a bool, or a rate in [0, 1) (None where the rate
+    defaults to --dropout's)."""
+    off = MODEL_REGULARIZERS[name]
+    if isinstance(off, bool):
         return isinstance(value, bool)
-    return (value is None and name in ('dropouti', 'dropouth')) or (
-        isinstance(value, float) and 0 <= value < 1)
+    return (value is None and off is None) or (isinstance(value, float) and 0 <= value < 1)
 
 
 def build_model(ckpt, device='cpu'):

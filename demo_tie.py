@@ -175,9 +175,9 @@ def checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id):
 def train(args, given, device, stop, group):
     """The run, step by step: claim the save path, settle the flags (from the checkpoint on
     resume), read the data, build or restore the model, train epoch by epoch, test."""
-    apply_recipe(args, given)
-    files, ckpt, resume_path, changes = claim_save_path(args, given, group)  # on resume, the
-    # flags not given come from the checkpoint, the recipe's included
+    apply_recipe(args, given)  # on resume, claim_save_path then takes what was not given,
+    # the recipe's flags included, from the checkpoint
+    files, ckpt, resume_path, changes = claim_save_path(args, given, group)
     if args.tied and args.embed_size != args.hidden_size:
         raise RunError(f'--tied needs --embed_size equal to --hidden_size '
                        f'(got {args.embed_size} and {args.hidden_size})')
@@ -198,8 +198,9 @@ def train(args, given, device, stop, group):
     model = LSTMLanguageModel(**model_args(args, len(corpus.vocab))).to(device)
     print(model)
     print(f'Total parameters: {count_parameters(model)}')
-    if describe_recipe(args):
-        print(f'Recipe {args.recipe}: {describe_recipe(args)}')
+    recipe_flags = describe_recipe(args)
+    if recipe_flags:
+        print(f'Recipe {args.recipe}: {recipe_flags}')
     print()
     if group.world_size > 1:
         print(f'Processes: {group.world_size} ({args.batch_size // group.world_size} of the '
@@ -292,7 +293,7 @@ def train(args, given, device, stop, group):
                                          on_window=show,
                                          average_losses=group.mean if group.world_size > 1 else None,
                                          alpha=args.alpha, beta=args.beta,
-                                         windows=windows if args.variable_bptt else None)
+                                         windows=windows, lr_by_length=args.variable_bptt)
                 except NonFiniteLoss as e:
                     raise RunError(
                         f'the training loss became NaN or infinite in epoch {epoch}, window '

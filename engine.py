@@ -92,7 +92,7 @@ def mixed_precision(device, requested):
 def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
                 losses=None, forward=None, autocast_dtype=None, scaler=None,
                 should_stop=lambda: False, on_window=lambda k, running_loss: None,
-                average_losses=None, alpha=0.0, beta=0.0, windows=None):
+                average_losses=None, alpha=0.0, beta=0.0, windows=None, lr_by_length=False):
     """One pass of truncated BPTT over `train_data` (batch_size, steps), from window `start`.
 
     The loss stays on the device: it is read every REFRESH_EVERY windows (to check it is
@@ -102,16 +102,15 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
     each process's window losses into the whole batch's, so that every process reports, and
     stops on, the same values. `alpha` and `beta` weigh the activation penalties added to
     the loss that is minimised (see activation_penalty); the losses reported and returned are
-    the cross-entropy alone. `windows` lists the (start, length) of each window for variable
-    length training (data.variable_windows): each step then takes the learning rate scaled
-    by length / seq_length, as AWD-LSTM does, so that every token weighs the same. Without
-    it, the fixed windows of seq_length are used, at the learning rate as it is. Raises
-    NonFiniteLoss naming the first window whose loss was NaN or infinite.
+    the cross-entropy alone. `windows` lists the (start, length) of each window (default:
+    data.fixed_windows); with `lr_by_length` (variable length training, AWD-LSTM's), each
+    step takes the learning rate scaled by length / seq_length, so that every token weighs
+    the same. Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
     """
     forward = model if forward is None else forward
     device = train_data.device
-    variable = windows is not None
-    windows = windows if variable else data.fixed_windows(train_data, seq_length)
+    windows = windows or data.fixed_windows(train_data, seq_length)
+    regularize = bool(alpha or beta)
     if losses is None:
         losses = torch.zeros(len(windows), device=device)
     if hidden is None:
@@ -122,12 +121,12 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         x, y = data.get_window(train_data, *windows[k])
         hidden = detach_hidden(hidden)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            if alpha or beta:
+            if regularize:
                 logits, hidden, output, dropped = forward(x, hidden, with_outputs=True)
             else:
                 logits, hidden = forward(x, hidden)
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-            objective = loss + activation_penalty(output, dropped, alpha, beta) if alpha or beta else loss
+            objective = loss + activation_penalty(output, dropped, alpha, beta) if regularize else loss
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(objective).backward()
@@ -135,7 +134,7 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         else:
             objective.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # multi-tensor where supported
-        with scaled_lr(optimizer, windows[k][1] / seq_length if variable else 1):
+        with scaled_lr(optimizer, windows[k][1] / seq_length if lr_by_length else 1):
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

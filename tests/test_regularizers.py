@@ -104,7 +104,7 @@ def test_a_variable_window_steps_with_the_learning_rate_scaled_by_its_length():
     logits, _ = reference(x, reference.init_hidden(3))
     F.cross_entropy(logits.reshape(-1, 20), y.reshape(-1)).backward()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_epoch(model, stream, optimizer, 8, clip=1e9, windows=[(0, 12)])
+    train_epoch(model, stream, optimizer, 8, clip=1e9, windows=[(0, 12)], lr_by_length=True)
     assert optimizer.param_groups[0]['lr'] == 0.1
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert torch.allclose(p, q - 0.1 * 12 / 8 * q.grad, atol=1e-6), name
