@@ -394,22 +394,23 @@ def main(argv=None):
     keep_freed_memory()
     stop = StopRequest()  # installed before the data is read, so no signal is lost
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    status = None  # stays None when an unexpected error escapes with its traceback
     try:
         status = eval_only(args, device, stop, group) if args.eval_only else \
             train(args, given, device, stop, group)
         group.finish()
-        return status
     except (data.DataError, CheckpointError, RunError, ShareError) as e:
         if group.is_main:
             print(f'error: {e}', file=sys.stderr)
-        return 1
+        status = 1
     except KeyboardInterrupt:
         print('\nInterrupted.', file=sys.stderr)
-        return 130
+        status = 130
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        group.close()
+        group.close(status)
+    return status
 
 
 if __name__ == '__main__':
