@@ -11,6 +11,7 @@ Files written beside --save_path (best_model.pt by default):
     best_model.csv       one row of metrics per epoch
 """
 import argparse
+import contextlib
 import copy
 import math
 import random
@@ -25,16 +26,16 @@ from tqdm import tqdm
 import data
 from checkpoint import (CheckpointError, best_checkpoint, build_model, check_writable,
                         load_checkpoint, model_args, save_checkpoint)
-from engine import (NonFiniteLoss, epoch_loss, evaluate, keep_freed_memory, make_optimizer,
-                    mixed_precision, perplexity, train_epoch)
+from engine import (NonFiniteLoss, WeightAverage, averaging_should_start, epoch_loss, evaluate,
+                    keep_freed_memory, make_optimizer, mixed_precision, perplexity, train_epoch)
 from distributed import ShareError
 from distributed import setup as setup_processes
 from model import LSTMLanguageModel, count_parameters, detach_hidden
-from recipe import add_regularizer_flags, apply_recipe, describe_recipe
+from recipe import add_optimizer_flags, add_regularizer_flags, apply_recipe, describe_recipe
 from options import (add_device_flags, apply_threads, factor, non_negative_float,
                      non_negative_int, positive_float, positive_int, probability, seed_value)
 from runstate import (MetricsLog, StopRequest, apply_changes, check_same_data, claim_save_path,
-                      data_fingerprint, restore, restore_random_state, resume_command, rng_state,
+                      data_fingerprint, restore, restore_averaging, restore_random_state, resume_command, rng_state,
                       seed_everything, seed_process)
 
 RULE = '-' * 41
@@ -72,6 +73,7 @@ def build_parser():
     parser.add_argument('--amp', action='store_true', help='Mixed precision: bfloat16 autocast on CUDA (float16 with loss scaling where bfloat16 is missing) and on CPUs with native bfloat16 (AVX-512 BF16, AMX); float32 weights')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model (first windows are slower while it compiles)')
     add_regularizer_flags(parser)
+    add_optimizer_flags(parser)
     return parser
 
 
@@ -168,6 +170,11 @@ def report_unknown(corpus):
         print('Words not in the vocabulary, read as <unk>: ' + ', '.join(counts))
 
 
+def averaged(weight_average, model):
+    """Inside this block the model holds NT-ASGD's mean weights, once there is a mean."""
+    return weight_average.in_use(model) if weight_average is not None else contextlib.nullcontext()
+
+
 def checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id):
     return {**best_checkpoint(model, corpus.vocab, args, epoch, val_loss), 'run_id': run_id}
 
@@ -217,7 +224,7 @@ def train(args, given, device, stop, group):
         if args.variable_bptt:
             return data.variable_windows(train_data, args.seq_length, random.Random(f'{args.seed}:{epoch}'))
         return data.fixed_windows(train_data, args.seq_length)
-    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, args.optimizer)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode='min', factor=args.lr_factor, patience=args.lr_patience)
     forward, autocast_dtype, scaler = speedups(args, model, group.wrap(model), device, train_data.size(0))
@@ -225,6 +232,7 @@ def train(args, given, device, stop, group):
     seed_process(args.seed, group.rank)
 
     first_epoch, best_val, position = 1, math.inf, None
+    val_losses, weight_average = [], None  # every epoch's validation loss; NT-ASGD's mean
     run_id = uuid.uuid4().hex
     if ckpt is not None:
         if 'seed' in given and args.seed != ckpt['args'].get('seed'):
@@ -232,6 +240,7 @@ def train(args, given, device, stop, group):
             args.seed = ckpt['args'].get('seed')
         first_epoch, best_val, position = restore(ckpt, resume_path, model, optimizer, scheduler,
                                                   scaler, windows_of_epoch, args.batch_size)
+        val_losses, weight_average = restore_averaging(ckpt, resume_path, model)
         changed_processes = restore_random_state(ckpt, group, args.seed)
         if changed_processes:
             warn(changed_processes)
@@ -257,7 +266,9 @@ def train(args, given, device, stop, group):
                              'scaler': scaler.state_dict() if scaler is not None else None,
                              'best_val_loss': best_val, 'position': position, 'rng': rngs[0],
                              'rng_of_processes': rngs, 'window_losses': window_losses.cpu(),
-                             'data_fingerprint': fingerprint}, files.last)
+                             'data_fingerprint': fingerprint, 'val_losses': val_losses,
+                             'weight_average': weight_average and weight_average.state_dict()},
+                            files.last)
         wrote_last = True
 
     if first_epoch > args.epochs:
@@ -293,7 +304,8 @@ def train(args, given, device, stop, group):
                                          on_window=show,
                                          average_losses=group.mean if group.world_size > 1 else None,
                                          alpha=args.alpha, beta=args.beta,
-                                         windows=windows, lr_by_length=args.variable_bptt)
+                                         windows=windows, lr_by_length=args.variable_bptt,
+                                         weight_average=weight_average)
                 except NonFiniteLoss as e:
                     raise RunError(
                         f'the training loss became NaN or infinite in epoch {epoch}, window '
@@ -308,7 +320,7 @@ def train(args, given, device, stop, group):
                 break
 
             with bar(total=len(data.window_starts(valid_data, args.seq_length)), desc='Validation',
-                     leave=False) as progress:
+                     leave=False) as progress, averaged(weight_average, model):
                 val_loss, val_no_sos = evaluate(model, valid_data, args.seq_length, forward=evaluator,
                                                 autocast_dtype=autocast_dtype, add_across=group.sum,
                                                 on_window=lambda k: progress.update())
@@ -322,8 +334,16 @@ def train(args, given, device, stop, group):
             if val_loss < best_val:
                 best_val = val_loss
                 if group.is_main:
-                    save_checkpoint(checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id), files.best)
+                    with averaged(weight_average, model):
+                        save_checkpoint(checkpoint_of_run(model, corpus, args, epoch, val_loss, run_id),
+                                        files.best)
                 print(f'Best model saved with Perplexity: {perplexity(val_loss):.4f}', flush=True)
+            if (args.optimizer == 'ntasgd' and weight_average is None
+                    and averaging_should_start(val_losses, val_loss, args.nonmono)):
+                weight_average = WeightAverage(model)
+                print(f'Averaging the weights from epoch {epoch + 1} on (NT-ASGD: validation worse '
+                      f'than the best before the last {args.nonmono} epochs)', flush=True)
+            val_losses.append(val_loss)
             train_loss = epoch_loss(result.losses, train_data, args.seq_length, windows)
             if metrics is not None:
                 metrics.append({'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
@@ -379,6 +399,9 @@ def main(argv=None):
     if args.tied and args.embed_size != args.hidden_size and args.resume is None:
         parser.error(f'--tied needs --embed_size equal to --hidden_size '
                      f'(got {args.embed_size} and {args.hidden_size})')
+    if args.optimizer != 'adam' and 'lr' not in given and args.resume is None:
+        parser.error(f'--optimizer {args.optimizer} needs an --lr of its own: the default 0.001 '
+                     "is Adam's and far too small for SGD (AWD-LSTM uses --lr 30 --clip 0.25)")
     if 0 < args.max_vocab < len(data.SPECIALS) + 2:
         parser.error(f'--max_vocab {args.max_vocab} leaves no room for words (the specials and '
                      '<unk> take 4 places); use 0 for no limit')

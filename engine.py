@@ -50,14 +50,75 @@ def keep_freed_memory():
     libc.mallopt(M_TRIM_THRESHOLD, 2**30)
 
 
-def make_optimizer(model, lr, weight_decay):
-    """Adam in one fused kernel where this PyTorch has it for the model's device (the same
-    update, a few passes over memory fewer), else PyTorch's default (multi-tensor where
-    the device supports it)."""
+def make_optimizer(model, lr, weight_decay, name='adam'):
+    """`name` 'adam' (the reference's): Adam in one fused kernel where this PyTorch has it for
+    the model's device (the same update, a few passes over memory fewer), else PyTorch's
+    default (multi-tensor where the device supports it). 'sgd' and 'ntasgd': plain SGD (for
+    'ntasgd' the trainer also keeps a WeightAverage once averaging_should_start says so)."""
+    if name in ('sgd', 'ntasgd'):
+        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
     try:
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def averaging_should_start(val_losses, val_loss, nonmono):
+    """NT-ASGD's trigger (Merity et al. 2017): start averaging once the validation loss
+    `val_loss` is worse than the best of the epochs before the last `nonmono` ones
+    (`val_losses`, the earlier epochs' losses, oldest first). A few bad epochs in a row
+    start it; one noisy epoch does not."""
+    return len(val_losses) > nonmono and val_loss > min(val_losses[:-nonmono])
+
+
+class WeightAverage:
+    """The mean of the model's weights after each step since averaging started (the "A" of
+    NT-ASGD; torch.optim.ASGD with t0=0, lambd=0, which AWD-LSTM switches to, keeps nearly
+    the same mean in its `ax`, leaving out the first step's weights). The optimizer stays
+    what it was. The model trains on its own weights; validation, the best checkpoint and
+    the test use the mean:
+
+        with average.in_use(model):
+            evaluate(model, ...)
+    """
+
+    def __init__(self, model):
+        self.mean = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.count = 0  # steps averaged; the first update replaces the copy above
+
+    @torch.no_grad()
+    def update(self, model):
+        self.count += 1
+        for name, p in model.named_parameters():
+            self.mean[name].lerp_(p.detach(), 1 / self.count)
+
+    @contextlib.contextmanager
+    def in_use(self, model):
+        """The model holds the mean inside the block and its own weights again after it."""
+        params = dict(model.named_parameters())
+        own = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.mean[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(own[name])
+
+    def state_dict(self):
+        return {'mean': {name: t.cpu() for name, t in self.mean.items()}, 'count': self.count}
+
+    def load_state_dict(self, state):
+        """Refuses (ValueError) a state that does not fit the model."""
+        mean, count = state['mean'], int(state['count'])
+        if set(mean) != set(self.mean) or count < 0 or any(
+                not torch.is_tensor(mean[n]) or mean[n].shape != t.shape for n, t in self.mean.items()):
+            raise ValueError('its weight average does not fit the model')
+        for name, t in self.mean.items():
+            t.copy_(mean[name])
+        self.count = count
 
 
 def cpu_has_native_bfloat16():
@@ -92,7 +153,8 @@ def mixed_precision(device, requested):
 def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
                 losses=None, forward=None, autocast_dtype=None, scaler=None,
                 should_stop=lambda: False, on_window=lambda k, running_loss: None,
-                average_losses=None, alpha=0.0, beta=0.0, windows=None, lr_by_length=False):
+                average_losses=None, alpha=0.0, beta=0.0, windows=None, lr_by_length=False,
+                weight_average=None):
     """One pass of truncated BPTT over `train_data` (batch_size, steps), from window `start`.
 
     The loss stays on the device: it is read every REFRESH_EVERY windows (to check it is
@@ -105,7 +167,8 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
     the cross-entropy alone. `windows` lists the (start, length) of each window (default:
     data.fixed_windows); with `lr_by_length` (variable length training, AWD-LSTM's), each
     step takes the learning rate scaled by length / seq_length, so that every token weighs
-    the same. Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
+    the same. A `weight_average` (WeightAverage) takes in the weights after every step.
+    Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
     """
     forward = model if forward is None else forward
     device = train_data.device
@@ -140,6 +203,8 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
                 scaler.update()
             else:
                 optimizer.step()
+        if weight_average is not None:
+            weight_average.update(model)
         losses[k] = loss.detach()
 
         stopping = should_stop()

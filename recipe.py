@@ -11,7 +11,7 @@ None of them adds a parameter: the tied 2x650 model has 13,281,702 with or witho
 """
 import argparse
 
-from options import non_negative_float, probability
+from options import non_negative_float, positive_int, probability
 
 RECIPES = {
     'reference': {},
@@ -53,6 +53,18 @@ def add_regularizer_flags(parser):
     group.add_argument('--variable_bptt', action=argparse.BooleanOptionalAction, default=False,
                        help='Windows of random length around --seq_length, drawn anew each epoch, '
                             'with the learning rate scaled by length / --seq_length')
+
+
+def add_optimizer_flags(parser):
+    group = parser.add_argument_group('optimiser (beyond the reference; Adam by default)')
+    group.add_argument('--optimizer', choices=('adam', 'sgd', 'ntasgd'), default='adam',
+                       help="adam: the reference's. sgd: plain SGD (give it an --lr of its own; "
+                            'AWD-LSTM uses 30 with --clip 0.25). ntasgd: SGD, then the mean of '
+                            'the weights from the epoch that --nonmono picks on (validation, the '
+                            'best checkpoint and the test use that mean)')
+    group.add_argument('--nonmono', type=positive_int, default=5,
+                       help='ntasgd starts averaging at the first epoch whose validation loss is '
+                            'worse than the best of the epochs before the last --nonmono ones')
 
 
 def apply_recipe(args, given):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from checkpoint import CheckpointError, check_writable, load_checkpoint
+from engine import WeightAverage
 
 try:
     import fcntl
@@ -143,10 +144,10 @@ def data_fingerprint(corpus):
 # Flags that define the model or the data: on resume they come from the checkpoint, and one
 # given that says otherwise is refused.
 FIXED_ON_RESUME = ('embed_size', 'hidden_size', 'num_layers', 'tied', 'max_vocab', 'min_count',
-                   'recipe', 'variational')
+                   'recipe', 'variational', 'optimizer')
 # Flags that may change on resume: the new value is applied from the next window on, and said.
 CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip', 'dropout',
-                        'dropouti', 'dropouth', 'dropoute', 'wdrop', 'alpha', 'beta')
+                        'dropouti', 'dropouth', 'dropoute', 'wdrop', 'alpha', 'beta', 'nonmono')
 # Fixed in the middle of an epoch (the position is a window of this layout); free between epochs.
 LAYOUT = ('batch_size', 'seq_length', 'variable_bptt')
 
@@ -222,11 +223,32 @@ def restore(ckpt, path, model, optimizer, scheduler, scaler, windows_of_epoch, b
                 for value in state.values():
                     if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
                         raise ValueError('its optimizer state does not fit the model')
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
-                              'another last checkpoint, or start afresh with --overwrite') from None
+    except NOT_RESUMABLE as e:
+        raise damaged(path, e) from None
     return epoch + (1 if position is None else 0), best_val, position
+
+
+def restore_averaging(ckpt, path, model):
+    """NT-ASGD's state in a last checkpoint: (every epoch's validation loss so far, the
+    WeightAverage or None before averaging started)."""
+    try:
+        val_losses = [float(v) for v in ckpt.get('val_losses', [])]
+        weight_average = None
+        if ckpt.get('weight_average') is not None:
+            weight_average = WeightAverage(model)
+            weight_average.load_state_dict(ckpt['weight_average'])
+    except NOT_RESUMABLE as e:
+        raise damaged(path, e) from None
+    return val_losses, weight_average
+
+
+NOT_RESUMABLE = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
+
+
+def damaged(path, error):
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
+                           'another last checkpoint, or start afresh with --overwrite')
 
 
 def claim_save_path(args, given, group):

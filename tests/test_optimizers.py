@@ -1,0 +1,149 @@
+"""The optimiser options beyond the reference's Adam: --optimizer sgd and ntasgd (SGD, then
+the mean of the weights from the epoch NT-ASGD's trigger picks)."""
+import copy
+import csv
+import random
+
+import pytest
+import torch
+
+import data
+from checkpoint import build_model
+from conftest import run_script, write_corpus
+from engine import WeightAverage, averaging_should_start, evaluate, train_epoch
+from model import LSTMLanguageModel
+
+SMALL = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '2', '--batch_size', '4',
+         '--seq_length', '8', '--tied', '--device', 'cpu']
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return LSTMLanguageModel(vocab_size=20, embed_size=8, hidden_size=8, num_layers=2,
+                             dropout=0.0, tied=True)
+
+
+def test_the_weight_average_is_the_mean_of_the_weights_after_each_step():
+    """SGD + WeightAverage through train_epoch: the average is the plain mean of the weights
+    the model held after each of the epoch's steps (recorded here after every window)."""
+    stream = data.batchify(torch.randint(0, 20, (4 * 61,)), 4)
+    model = small_model()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.5, weight_decay=1e-4)
+    average = WeightAverage(model)
+    after_each_step = []
+    train_epoch(model, stream, sgd, 6, 5.0, weight_average=average,
+                on_window=lambda k, loss: after_each_step.append(copy.deepcopy(dict(model.named_parameters()))))
+    assert average.count == len(after_each_step) == len(data.fixed_windows(stream, 6)) == 10
+    for name, p in model.named_parameters():
+        mean = torch.stack([weights[name].detach() for weights in after_each_step]).mean(0)
+        assert torch.allclose(average.mean[name], mean, atol=1e-6), name
+    assert any(not torch.allclose(average.mean[name], p, atol=1e-3)  # a mean, not the last
+               for name, p in model.named_parameters())
+
+
+def test_in_use_puts_the_mean_in_and_the_weights_back():
+    model = small_model()
+    own = copy.deepcopy(model.state_dict())
+    average = WeightAverage(model)
+    for name in average.mean:
+        average.mean[name] = torch.randn_like(average.mean[name])
+    with average.in_use(model):
+        for name, p in model.named_parameters():
+            assert torch.equal(p, average.mean[name])
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, own[name])
+
+
+@pytest.mark.parametrize('val_losses, val_loss, nonmono, starts', [
+    ([5.0, 4.0, 3.0], 2.9, 1, False),       # still improving
+    ([5.0, 4.0, 3.0], 4.5, 1, True),        # worse than 4.0, the best before the last epoch
+    ([3.0, 4.0, 5.0], 4.5, 2, True),        # worse than epoch 1, the best before the last 2
+    ([5.0, 3.0, 4.0], 4.5, 2, False),       # the best (epoch 2) is within the last 2: wait
+    ([3.0, 4.0], 5.0, 2, False),            # not yet more than 2 earlier epochs
+])
+def test_averaging_starts_when_the_last_nonmono_epochs_brought_nothing(val_losses, val_loss,
+                                                                       nonmono, starts):
+    assert averaging_should_start(val_losses, val_loss, nonmono) == starts
+
+
+@pytest.fixture(scope='module')
+def overfitting_corpus(tmp_path_factory):
+    """Training text that repeats one 12-word cycle, validation text of random words: with a
+    large learning rate the validation loss soon rises, and NT-ASGD's trigger fires."""
+    rng = random.Random(0)
+    words = [f'w{i}' for i in range(12)]
+    train = ''.join(' '.join(words[(j + k) % 12] for k in range(8)) + '\n' for j in range(300))
+    valid = ''.join(' '.join(rng.choice(words) for _ in range(8)) + '\n' for _ in range(40))
+    return write_corpus(tmp_path_factory.mktemp('overfit'), train, valid, valid)
+
+
+def test_ntasgd_averages_from_the_epoch_its_trigger_picks_and_resumes_exactly(tmp_path,
+                                                                             overfitting_corpus):
+    flags = ['--data_dir', overfitting_corpus, *SMALL, '--optimizer', 'ntasgd', '--lr', '2',
+             '--nonmono', '1']
+    whole = run_script('demo_tie.py', *flags, '--epochs', '5', '--save_path', tmp_path / 'whole.pt')
+    assert whole.returncode == 0, whole.stderr
+    with open(tmp_path / 'whole.csv') as f:
+        vals = [float(row['val_loss']) for row in csv.DictReader(f)]
+    trigger = next(e for e in range(1, 6) if averaging_should_start(vals[:e - 1], vals[e - 1], 1))
+    assert trigger < 5
+    assert (f'Averaging the weights from epoch {trigger + 1} on' in whole.stdout)
+
+    last = torch.load(tmp_path / 'whole.last.pt', weights_only=True)
+    corpus = data.load_corpus(overfitting_corpus)
+    windows_per_epoch = len(data.fixed_windows(data.batchify(corpus.train, 4), 8))
+    assert last['weight_average']['count'] == windows_per_epoch * (5 - trigger)
+    assert last['val_losses'] == pytest.approx(vals, abs=1e-6)
+    # the validation printed after averaging began is the mean's, not the weights'
+    model = build_model(last)
+    average = WeightAverage(model)
+    average.load_state_dict(last['weight_average'])
+    valid = data.batchify(corpus.valid, 4)
+    with average.in_use(model):
+        assert evaluate(model, valid, 8)[0] == pytest.approx(vals[-1], abs=1e-5)
+    assert evaluate(model, valid, 8)[0] != pytest.approx(vals[-1], abs=1e-3)
+
+    # cut after epoch 4 (averaging under way), resumed: the same run
+    part = run_script('demo_tie.py', *flags, '--epochs', '4', '--save_path', tmp_path / 'part.pt')
+    assert part.returncode == 0, part.stderr
+    assert torch.load(tmp_path / 'part.last.pt', weights_only=True)['weight_average'] is not None
+    rest = run_script('demo_tie.py', '--resume', '--epochs', '5', '--data_dir', overfitting_corpus,
+                      '--save_path', tmp_path / 'part.pt')
+    assert rest.returncode == 0, rest.stderr
+    resumed = torch.load(tmp_path / 'part.last.pt', weights_only=True)
+    for name, t in last['model_state'].items():
+        assert torch.equal(resumed['model_state'][name], t), name
+    for name, t in last['weight_average']['mean'].items():
+        assert torch.equal(resumed['weight_average']['mean'][name], t), name
+    assert resumed['weight_average']['count'] == last['weight_average']['count']
+
+
+def test_sgd_needs_a_learning_rate_of_its_own(tmp_path):
+    proc = run_script('demo_tie.py', '--optimizer', 'sgd', '--tied', '--save_path', tmp_path / 'm.pt')
+    assert proc.returncode == 2
+    assert '--optimizer sgd needs an --lr' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_the_optimizer_cannot_change_on_resume(tmp_path, overfitting_corpus):
+    flags = ['--data_dir', overfitting_corpus, *SMALL, '--save_path', tmp_path / 'm.pt']
+    first = run_script('demo_tie.py', *flags, '--epochs', '1')
+    assert first.returncode == 0, first.stderr
+    refused = run_script('demo_tie.py', *flags, '--epochs', '2', '--resume', '--optimizer', 'sgd',
+                         '--lr', '1')
+    assert refused.returncode == 1 and 'made with --optimizer adam' in refused.stderr
+    assert 'Traceback' not in refused.stderr
+
+
+def test_a_damaged_weight_average_is_refused_on_resume(tmp_path, overfitting_corpus):
+    flags = ['--data_dir', overfitting_corpus, *SMALL, '--optimizer', 'ntasgd', '--lr', '2',
+             '--nonmono', '1', '--save_path', tmp_path / 'm.pt']
+    first = run_script('demo_tie.py', *flags, '--epochs', '4')
+    assert first.returncode == 0, first.stderr
+    ckpt = torch.load(tmp_path / 'm.last.pt', weights_only=True)
+    name = next(iter(ckpt['weight_average']['mean']))
+    ckpt['weight_average']['mean'][name] = torch.zeros(3)
+    torch.save(ckpt, tmp_path / 'm.last.pt')
+    refused = run_script('demo_tie.py', '--resume', '--epochs', '5', '--data_dir', overfitting_corpus,
+                         '--save_path', tmp_path / 'm.pt')
+    assert refused.returncode == 1 and 'is damaged' in refused.stderr, refused.stderr
+    assert 'Traceback' not in refused.stderr
