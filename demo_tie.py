@@ -35,8 +35,8 @@ from recipe import add_optimizer_flags, add_regularizer_flags, apply_recipe, des
 from options import (add_device_flags, apply_threads, factor, non_negative_float,
                      non_negative_int, positive_float, positive_int, probability, seed_value)
 from runstate import (MetricsLog, StopRequest, apply_changes, check_same_data, claim_save_path,
-                      data_fingerprint, restore, restore_averaging, restore_random_state, resume_command, rng_state,
-                      seed_everything, seed_process)
+                      data_fingerprint, restore, restore_averaging, restore_random_state,
+                      resume_command, rng_state, seed_everything, seed_process)
 
 RULE = '-' * 41
 

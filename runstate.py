@@ -271,7 +271,8 @@ def claim_save_path(args, given, group):
     if 'optimizer' not in ckpt:
         raise CheckpointError(f'{resume_path} holds a model only; resume from the ".last.pt" '
                               'checkpoint written beside it')
-    changes = merge_resume_args(args, given, ckpt.get('args') or {},
+    saved = {'optimizer': 'adam', **(ckpt.get('args') or {})}  # runs from before --optimizer
+    changes = merge_resume_args(args, given, saved,
                                 mid_epoch=ckpt.get('position') is not None)
     return files, ckpt, resume_path, changes
 
