@@ -254,17 +254,26 @@ def damaged(path, error):
 def claim_save_path(args, given, group):
     """Before anything is read: the run's files, and on resume the checkpoint with the flags
     settled from it. Only the first process checks and locks the files; all read the
-    checkpoint. Returns (files, checkpoint or None, resume path or None, changed flags)."""
+    checkpoint. Returns (files, checkpoint or None, resume path or None, changed flags).
+    A refusal by the first process ends every process with its message (rather than leaving
+    the others to fail at their next exchange, with a traceback each)."""
     files = RunFiles.beside(args.save_path)
+    refusal = None
     if group.is_main:
-        check_writable(files.best)  # makes its folder, so that the lock can be taken there
-        hold_lock(files)
-        files.remove_stale_temporaries()
+        try:
+            check_writable(files.best)  # makes its folder, so that the lock can be taken there
+            hold_lock(files)
+            files.remove_stale_temporaries()
+            if args.resume is None and files.existing() and not args.overwrite:
+                raise CheckpointError(f'{", ".join(files.existing())} are from an earlier run. '
+                                      'Continue it with --resume, or start afresh with '
+                                      '--overwrite (which deletes them)')
+        except CheckpointError as e:
+            refusal = e
+    refusal = group.gather_objects(refusal and str(refusal))[0]
+    if refusal:
+        raise CheckpointError(refusal)
     if args.resume is None:
-        if group.is_main and files.existing() and not args.overwrite:
-            raise CheckpointError(f'{", ".join(files.existing())} are from an earlier run. '
-                                  'Continue it with --resume, or start afresh with --overwrite '
-                                  '(which deletes them)')
         return files, None, None, []
     resume_path = args.resume or files.last
     ckpt = load_checkpoint(resume_path)

@@ -104,6 +104,14 @@ def test_a_batch_the_processes_cannot_share_is_refused(corpus, tmp_path):
     assert '--batch_size 3 cannot be shared by 2 processes; use a multiple of 2' in proc.stderr
 
 
+def test_a_save_path_taken_by_an_earlier_run_ends_every_process_with_one_message(one_and_two, corpus):
+    folder, _, _ = one_and_two
+    proc = torchrun(2, '--data_dir', corpus, *FLAGS, '--save_path', folder / 'two.pt')
+    assert proc.returncode != 0
+    assert proc.stderr.count('are from an earlier run. Continue it with --resume') == 1
+    assert '[rank1]' not in proc.stderr and 'Signal 15' not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_sigterm_stops_every_process_and_the_run_resumes_exactly(corpus, tmp_path, one_and_two):
     folder, _, two = one_and_two
     big = write_corpus(tmp_path / 'corpus', (corpus / 'train.txt').read_text() * 4,
