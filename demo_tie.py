@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 import data
-from checkpoint import (CheckpointError, best_checkpoint, build_model, check_writable,
-                        load_checkpoint, model_args, save_checkpoint)
+from checkpoint import (CheckpointError, best_checkpoint, build_model, load_checkpoint,
+                        model_args, save_checkpoint)
 from engine import (NonFiniteLoss, WeightAverage, averaging_should_start, epoch_loss, evaluate,
                     keep_freed_memory, make_optimizer, mixed_precision, perplexity, train_epoch)
 from distributed import ShareError
@@ -188,9 +188,6 @@ def train(args, given, device, stop, group):
     if args.tied and args.embed_size != args.hidden_size:
         raise RunError(f'--tied needs --embed_size equal to --hidden_size '
                        f'(got {args.embed_size} and {args.hidden_size})')
-    if group.is_main:
-        for path in (files.last, files.metrics):
-            check_writable(path)
     corpus = data.load_corpus(args.data_dir, max_vocab=args.max_vocab, min_count=args.min_count)
     data.check_size('train', corpus.train, args.batch_size, args.seq_length)
     check_eval_sizes(corpus, args.batch_size)

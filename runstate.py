@@ -261,7 +261,8 @@ def claim_save_path(args, given, group):
     refusal = None
     if group.is_main:
         try:
-            check_writable(files.best)  # makes its folder, so that the lock can be taken there
+            for path in files:  # makes their folder, so that the lock can be taken there
+                check_writable(path)
             hold_lock(files)
             files.remove_stale_temporaries()
             if args.resume is None and files.existing() and not args.overwrite:
