@@ -150,6 +150,10 @@ CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patienc
                         'dropouti', 'dropouth', 'dropoute', 'wdrop', 'alpha', 'beta', 'nonmono')
 # Fixed in the middle of an epoch (the position is a window of this layout); free between epochs.
 LAYOUT = ('batch_size', 'seq_length', 'variable_bptt')
+# Flags above added after checkpoints existed, with the value every run before them had: a
+# checkpoint without them is read as having these.
+BEFORE_THE_FLAG = {'recipe': 'reference', 'variational': False, 'variable_bptt': False,
+                   'optimizer': 'adam'}
 
 
 def flag_syntax(name, value):
@@ -270,8 +274,8 @@ def claim_save_path(args, given, group):
                                       'Continue it with --resume, or start afresh with '
                                       '--overwrite (which deletes them)')
         except CheckpointError as e:
-            refusal = e
-    refusal = group.gather_objects(refusal and str(refusal))[0]
+            refusal = str(e)
+    refusal = group.gather_objects(refusal)[0]  # the first process's, on every process
     if refusal:
         raise CheckpointError(refusal)
     if args.resume is None:
@@ -281,7 +285,7 @@ def claim_save_path(args, given, group):
     if 'optimizer' not in ckpt:
         raise CheckpointError(f'{resume_path} holds a model only; resume from the ".last.pt" '
                               'checkpoint written beside it')
-    saved = {'optimizer': 'adam', **(ckpt.get('args') or {})}  # runs from before --optimizer
+    saved = {**BEFORE_THE_FLAG, **(ckpt.get('args') or {})}
     changes = merge_resume_args(args, given, saved,
                                 mid_epoch=ckpt.get('position') is not None)
     return files, ckpt, resume_path, changes
