@@ -27,7 +27,8 @@ import data
 from checkpoint import (CheckpointError, best_checkpoint, build_model, load_checkpoint,
                         model_args, save_checkpoint)
 from engine import (NonFiniteLoss, WeightAverage, averaging_should_start, epoch_loss, evaluate,
-                    keep_freed_memory, make_optimizer, mixed_precision, perplexity, train_epoch)
+                    keep_freed_memory, make_optimizer, mixed_precision, perplexity,
+                    schedule_factor, train_epoch, window_lr_factors)
 from distributed import ShareError
 from distributed import setup as setup_processes
 from model import LSTMLanguageModel, count_parameters, detach_hidden
@@ -281,6 +282,8 @@ def train(args, given, device, stop, group):
             start, hidden, losses, seconds = 0, None, None, 0.0
             windows = windows_of_epoch(epoch)
             n_windows = len(windows)
+            lr_factors = window_lr_factors(windows, args.seq_length, epoch, args.epochs,
+                                           args.schedule, args.warmup, args.variable_bptt)
             if position is not None:  # resuming in mid-epoch
                 start, seconds = position['window'], position['seconds']
                 hidden = tuple(group.rows(h, dim=1).contiguous().to(device) for h in position['hidden'])
@@ -301,7 +304,7 @@ def train(args, given, device, stop, group):
                                          on_window=show,
                                          average_losses=group.mean if group.world_size > 1 else None,
                                          alpha=args.alpha, beta=args.beta,
-                                         windows=windows, lr_by_length=args.variable_bptt,
+                                         windows=windows, lr_factors=lr_factors,
                                          weight_average=weight_average)
                 except NonFiniteLoss as e:
                     raise RunError(
@@ -325,8 +328,10 @@ def train(args, given, device, stop, group):
             print(f'Epoch: {epoch}, Validation Loss: {val_loss:.4f}, Validation Perplexity: '
                   f'{perplexity(val_loss):.4f}, Time: {int(elapsed // 60)}m {int(elapsed % 60)}s')
             print_validation_no_sos(val_no_sos)
-            scheduler.step(val_loss)
-            lrs = [g['lr'] for g in optimizer.param_groups]
+            if args.schedule == 'plateau':
+                scheduler.step(val_loss)
+            reached = schedule_factor(epoch, epoch, args.epochs, args.schedule, args.warmup)
+            lrs = [g['lr'] * reached for g in optimizer.param_groups]  # where the next epoch starts
             print(f'current lr: {lrs}', flush=True)
             if val_loss < best_val:
                 best_val = val_loss
@@ -399,6 +404,9 @@ def main(argv=None):
     if args.optimizer != 'adam' and 'lr' not in given and args.resume is None:
         parser.error(f'--optimizer {args.optimizer} needs an --lr of its own: the default 0.001 '
                      "is Adam's and far too small for SGD (AWD-LSTM uses --lr 30 --clip 0.25)")
+    if args.schedule == 'cosine' and {'lr_factor', 'lr_patience'} & given and args.resume is None:
+        parser.error('--lr_factor and --lr_patience belong to --schedule plateau; the cosine '
+                     'schedule takes the learning rate from --lr down to 0 over --epochs')
     if 0 < args.max_vocab < len(data.SPECIALS) + 2:
         parser.error(f'--max_vocab {args.max_vocab} leaves no room for words (the specials and '
                      '<unk> take 4 places); use 0 for no limit')

@@ -153,7 +153,7 @@ def mixed_precision(device, requested):
 def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
                 losses=None, forward=None, autocast_dtype=None, scaler=None,
                 should_stop=lambda: False, on_window=lambda k, running_loss: None,
-                average_losses=None, alpha=0.0, beta=0.0, windows=None, lr_by_length=False,
+                average_losses=None, alpha=0.0, beta=0.0, windows=None, lr_factors=None,
                 weight_average=None):
     """One pass of truncated BPTT over `train_data` (batch_size, steps), from window `start`.
 
@@ -165,9 +165,8 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
     stops on, the same values. `alpha` and `beta` weigh the activation penalties added to
     the loss that is minimised (see activation_penalty); the losses reported and returned are
     the cross-entropy alone. `windows` lists the (start, length) of each window (default:
-    data.fixed_windows); with `lr_by_length` (variable length training, AWD-LSTM's), each
-    step takes the learning rate scaled by length / seq_length, so that every token weighs
-    the same. A `weight_average` (WeightAverage) takes in the weights after every step.
+    data.fixed_windows). `lr_factors[k]`, where given, multiplies the learning rate of window
+    k's step (see window_lr_factors); the optimizer's own learning rate is left as it was. A `weight_average` (WeightAverage) takes in the weights after every step.
     Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
     """
     forward = model if forward is None else forward
@@ -197,7 +196,7 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
         else:
             objective.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # multi-tensor where supported
-        with scaled_lr(optimizer, windows[k][1] / seq_length if lr_by_length else 1):
+        with scaled_lr(optimizer, 1 if lr_factors is None else lr_factors[k]):
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -238,6 +237,33 @@ def scaled_lr(optimizer, scale):
     finally:
         for g, lr in zip(optimizer.param_groups, base):
             g['lr'] = lr
+
+
+def schedule_factor(start, end, epochs, schedule='plateau', warmup=0.0):
+    """The multiplier of the learning rate for a step taken from `start` to `end` epochs into
+    training (fractions: window k of n in epoch e runs from e - 1 + k/n to e - 1 + (k+1)/n).
+
+        warm-up   end / warmup, until it reaches 1: a linear rise over the first `warmup`
+                  epochs (0: none); the first step already moves
+        cosine    (1 + cos(pi * start / epochs)) / 2: from 1 at the first step down towards
+                  0 at the last, over the run's `epochs`
+        plateau   1: the plateau schedule acts on the optimizer's rate between epochs
+
+    A function of the position alone, so that a resumed run takes the same steps."""
+    factor = min(1.0, end / warmup) if warmup > 0 else 1.0
+    if schedule == 'cosine':
+        factor *= (1 + math.cos(math.pi * min(start, epochs) / epochs)) / 2
+    return factor
+
+
+def window_lr_factors(windows, seq_length, epoch, epochs, schedule='plateau', warmup=0.0,
+                      by_length=False):
+    """The learning-rate multiplier of each of epoch `epoch`'s `windows` (start, length): the
+    schedule's (schedule_factor), times length / seq_length with `by_length` (variable-length
+    windows, AWD-LSTM's), so that every token weighs the same."""
+    n = len(windows)
+    return [schedule_factor(epoch - 1 + k / n, epoch - 1 + (k + 1) / n, epochs, schedule, warmup)
+            * (length / seq_length if by_length else 1) for k, (_, length) in enumerate(windows)]
 
 
 def activation_penalty(output, dropped, alpha, beta):

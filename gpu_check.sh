@@ -7,6 +7,7 @@
 #   bash gpu_check.sh ref40        # the reference run, all 40 epochs, float32 (issue 9)
 #   bash gpu_check.sh regularized  # the same with --recipe regularized (issue 13)
 #   bash gpu_check.sh ntasgd       # the regularized recipe with AWD-LSTM's NT-ASGD (issue 13)
+#   bash gpu_check.sh cosine       # the regularized recipe with Adam, warm-up and cosine (issue 13)
 #   SIZE="--embed_size 16 --hidden_size 16" EPOCHS=1 DEVICE=cpu bash gpu_check.sh ref40   # dry run
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,8 +27,9 @@ case "${1:-epoch}" in
   ref40) full_run ref40; exit ;;
   regularized) full_run regularized --recipe regularized; exit ;;
   ntasgd) full_run ntasgd --recipe regularized --optimizer ntasgd --lr 30 --clip 0.25; exit ;;
+  cosine) full_run cosine --recipe regularized --schedule cosine --warmup 1; exit ;;
   epoch) ;;
-  *) echo "gpu_check.sh: unknown job $1 (epoch, ref40, regularized, ntasgd)" >&2; exit 2 ;;
+  *) echo "gpu_check.sh: unknown job $1 (epoch, ref40, regularized, ntasgd, cosine)" >&2; exit 2 ;;
 esac
 for mode in float32 amp; do
   flag=""

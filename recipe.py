@@ -65,6 +65,13 @@ def add_optimizer_flags(parser):
     group.add_argument('--nonmono', type=positive_int, default=5,
                        help='ntasgd starts averaging at the first epoch whose validation loss is '
                             'worse than the best of the epochs before the last --nonmono ones')
+    group.add_argument('--schedule', choices=('plateau', 'cosine'), default='plateau',
+                       help="plateau: the reference's (--lr_factor after --lr_patience epochs "
+                            'without improvement). cosine: from --lr down to 0 over --epochs, '
+                            'step by step')
+    group.add_argument('--warmup', type=non_negative_float, default=0.0, metavar='EPOCHS',
+                       help='Raise the learning rate linearly from near 0 to --lr over the first '
+                            'EPOCHS epochs (fractions allowed), step by step, under either schedule')
 
 
 def apply_recipe(args, given):

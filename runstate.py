@@ -144,16 +144,17 @@ def data_fingerprint(corpus):
 # Flags that define the model or the data: on resume they come from the checkpoint, and one
 # given that says otherwise is refused.
 FIXED_ON_RESUME = ('embed_size', 'hidden_size', 'num_layers', 'tied', 'max_vocab', 'min_count',
-                   'recipe', 'variational', 'optimizer')
+                   'recipe', 'variational', 'optimizer', 'schedule')
 # Flags that may change on resume: the new value is applied from the next window on, and said.
 CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip', 'dropout',
-                        'dropouti', 'dropouth', 'dropoute', 'wdrop', 'alpha', 'beta', 'nonmono')
+                        'dropouti', 'dropouth', 'dropoute', 'wdrop', 'alpha', 'beta', 'nonmono',
+                        'warmup')
 # Fixed in the middle of an epoch (the position is a window of this layout); free between epochs.
 LAYOUT = ('batch_size', 'seq_length', 'variable_bptt')
 # Flags above added after checkpoints existed, with the value every run before them had: a
 # checkpoint without them is read as having these.
 BEFORE_THE_FLAG = {'recipe': 'reference', 'variational': False, 'variable_bptt': False,
-                   'optimizer': 'adam'}
+                   'optimizer': 'adam', 'schedule': 'plateau', 'warmup': 0.0}
 
 
 def flag_syntax(name, value):

@@ -1,16 +1,21 @@
 """The optimiser options beyond the reference's Adam: --optimizer sgd and ntasgd (SGD, then
-the mean of the weights from the epoch NT-ASGD's trigger picks)."""
+the mean of the weights from the epoch NT-ASGD's trigger picks), and the learning-rate
+schedules (--schedule cosine, --warmup)."""
 import copy
 import csv
+import math
 import random
+import signal
 
 import pytest
 import torch
 
 import data
 from checkpoint import build_model
-from conftest import run_script, write_corpus
-from engine import WeightAverage, averaging_should_start, evaluate, train_epoch
+from conftest import (TINY, pattern_corpus, printed_test_lines, run_script, start_training,
+                      states_equal, wait_for_training, write_corpus)
+from engine import (WeightAverage, averaging_should_start, evaluate, train_epoch,
+                    window_lr_factors)
 from model import LSTMLanguageModel
 
 SMALL = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '2', '--batch_size', '4',
@@ -147,3 +152,71 @@ def test_a_damaged_weight_average_is_refused_on_resume(tmp_path, overfitting_cor
                          '--save_path', tmp_path / 'm.pt')
     assert refused.returncode == 1 and 'is damaged' in refused.stderr, refused.stderr
     assert 'Traceback' not in refused.stderr
+
+
+def test_warm_up_rises_linearly_and_cosine_falls_from_one_towards_zero():
+    four = [(4 * k, 4) for k in range(4)]  # an epoch of four windows of length 4
+    assert window_lr_factors(four, 4, epoch=1, epochs=3) == [1.0] * 4  # the reference: plateau
+    # warm-up over half an epoch of four windows: 1/2, 2/2, then the full rate
+    assert window_lr_factors(four, 4, epoch=1, epochs=3, warmup=0.5) == [0.5, 1.0, 1.0, 1.0]
+    assert window_lr_factors(four, 4, epoch=2, epochs=3, warmup=0.5) == [1.0] * 4
+    # cosine over 2 epochs: the first step at the full rate, a quarter of the way (1/2 epoch)
+    # (1 + cos(pi/4))/2, half way 1/2, then down towards 0 without reaching it
+    first = window_lr_factors(four, 4, epoch=1, epochs=2, schedule='cosine')
+    second = window_lr_factors(four, 4, epoch=2, epochs=2, schedule='cosine')
+    assert first[0] == 1.0 and first[2] == pytest.approx(0.853553, abs=1e-6)
+    assert second[0] == pytest.approx(0.5)
+    steps = first + second
+    assert all(a > b for a, b in zip(steps, steps[1:])) and steps[-1] > 0
+    # both, and variable-length windows on top: a window of 6 takes 6/4 of its factor
+    both = window_lr_factors([(0, 6), (6, 2)], 4, epoch=1, epochs=2, schedule='cosine', warmup=1,
+                             by_length=True)
+    assert both == pytest.approx([0.5 * 1.0 * 6 / 4, 1.0 * (1 + math.cos(math.pi / 4)) / 2 * 2 / 4])
+
+
+def test_each_step_takes_its_windows_learning_rate_factor():
+    """The learning rate the optimizer actually steps with, seen from inside its step."""
+    stream = data.batchify(torch.randint(0, 20, (4 * 25,)), 4)
+    model = small_model()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    sgd.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]['lr']))
+    train_epoch(model, stream, sgd, 6, 5.0, lr_factors=[0.5, 1.0, 0.25, 2.0])
+    assert seen == pytest.approx([0.05, 0.1, 0.025, 0.2])
+    assert sgd.param_groups[0]['lr'] == 0.1  # the optimizer's own rate is left as it was
+
+
+def test_a_cosine_run_prints_its_rate_and_resumes_bit_for_bit_from_mid_epoch(tmp_path):
+    """Through the script: each epoch's printed rate is where the schedule stands at its end,
+    and a run stopped by SIGTERM in mid-epoch and resumed takes exactly the same steps."""
+    pattern_corpus(tmp_path / 'corpus', train_lines=3000, eval_lines=40)
+    (tmp_path / 'stopped').mkdir()
+    (tmp_path / 'stopped' / 'corpus').symlink_to(tmp_path / 'corpus')
+    flags = ('--schedule', 'cosine', '--warmup', '0.5', '--epochs', '2')
+    whole = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied', *flags,
+                       '--save_path', tmp_path / 'model.pt')
+    assert whole.returncode == 0, whole.stderr
+    printed = [line for line in whole.stdout.splitlines() if line.startswith('current lr')]
+    assert printed == ['current lr: [0.005]', 'current lr: [0.0]']  # --lr 0.01: half, then 0
+    with open(tmp_path / 'model.csv') as f:
+        assert [float(row['lr']) for row in csv.DictReader(f)] == [0.005, 0.0]
+
+    proc = start_training(tmp_path / 'stopped', *flags)
+    wait_for_training(proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert torch.load(tmp_path / 'stopped' / 'model.last.pt', weights_only=True)['position'] is not None
+    resumed = run_script('demo_tie.py', '--save_path', tmp_path / 'stopped' / 'model.pt',
+                         '--data_dir', tmp_path / 'corpus', '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert printed_test_lines(resumed) == printed_test_lines(whole)
+    assert states_equal(tmp_path / 'stopped' / 'model.last.pt', tmp_path / 'model.last.pt')
+
+
+def test_plateau_flags_are_refused_under_the_cosine_schedule(tmp_path):
+    proc = run_script('demo_tie.py', '--tied', '--schedule', 'cosine', '--lr_patience', '3',
+                      '--save_path', tmp_path / 'm.pt')
+    assert proc.returncode == 2
+    assert '--lr_factor and --lr_patience belong to --schedule plateau' in proc.stderr
+    assert 'Traceback' not in proc.stderr

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import data
 from conftest import (TINY, pattern_corpus, printed_test_lines, run_script, start_training,
                       states_equal, train_tiny, wait_for_training)
-from engine import activation_penalty, train_epoch
+from engine import activation_penalty, train_epoch, window_lr_factors
 from model import LSTMLanguageModel, count_parameters, locked_dropout, run_lstm, word_mask
 
 REGULARIZED = dict(variational=True, dropouti=0.4, dropouth=0.3, dropoute=0.1, wdrop=0.5)
@@ -104,7 +104,8 @@ def test_a_variable_window_steps_with_the_learning_rate_scaled_by_its_length():
     logits, _ = reference(x, reference.init_hidden(3))
     F.cross_entropy(logits.reshape(-1, 20), y.reshape(-1)).backward()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_epoch(model, stream, optimizer, 8, clip=1e9, windows=[(0, 12)], lr_by_length=True)
+    train_epoch(model, stream, optimizer, 8, clip=1e9, windows=[(0, 12)],
+                lr_factors=window_lr_factors([(0, 12)], 8, epoch=1, epochs=1, by_length=True))
     assert optimizer.param_groups[0]['lr'] == 0.1
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert torch.allclose(p, q - 0.1 * 12 / 8 * q.grad, atol=1e-6), name
