@@ -2,6 +2,7 @@
 subprocesses (the way a user runs them)."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +72,29 @@ def wait_for_training(proc, seconds=0.3):
         assert chunk, 'training ended before its first epoch'
         seen += chunk
     time.sleep(seconds)
+
+
+def run_whole_and_interrupted(folder, *flags):
+    """The same tiny run twice on a 3000-line pattern corpus in `folder`: once whole
+    (folder/model.pt), once stopped by SIGTERM in mid-epoch and resumed with --resume
+    (folder/stopped/model.pt). Returns the whole and the resumed runs' completed processes."""
+    pattern_corpus(folder / 'corpus', train_lines=3000, eval_lines=40)
+    (folder / 'stopped').mkdir()
+    (folder / 'stopped' / 'corpus').symlink_to(folder / 'corpus')
+    whole = run_script('demo_tie.py', '--data_dir', folder / 'corpus', *TINY, '--tied', *flags,
+                       '--save_path', folder / 'model.pt')
+    assert whole.returncode == 0, whole.stderr
+
+    proc = start_training(folder / 'stopped', *flags)
+    wait_for_training(proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert torch.load(folder / 'stopped' / 'model.last.pt', weights_only=True)['position'] is not None
+    resumed = run_script('demo_tie.py', '--save_path', folder / 'stopped' / 'model.pt',
+                         '--data_dir', folder / 'corpus', '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    return whole, resumed
 
 
 def states_equal(a, b):

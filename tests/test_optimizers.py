@@ -5,15 +5,14 @@ import copy
 import csv
 import math
 import random
-import signal
 
 import pytest
 import torch
 
 import data
 from checkpoint import build_model
-from conftest import (TINY, pattern_corpus, printed_test_lines, run_script, start_training,
-                      states_equal, wait_for_training, write_corpus)
+from conftest import (printed_test_lines, run_script, run_whole_and_interrupted, states_equal,
+                      write_corpus)
 from engine import (WeightAverage, averaging_should_start, evaluate, train_epoch,
                     window_lr_factors)
 from model import LSTMLanguageModel
@@ -189,27 +188,12 @@ def test_each_step_takes_its_windows_learning_rate_factor():
 def test_a_cosine_run_prints_its_rate_and_resumes_bit_for_bit_from_mid_epoch(tmp_path):
     """Through the script: each epoch's printed rate is where the schedule stands at its end,
     and a run stopped by SIGTERM in mid-epoch and resumed takes exactly the same steps."""
-    pattern_corpus(tmp_path / 'corpus', train_lines=3000, eval_lines=40)
-    (tmp_path / 'stopped').mkdir()
-    (tmp_path / 'stopped' / 'corpus').symlink_to(tmp_path / 'corpus')
-    flags = ('--schedule', 'cosine', '--warmup', '0.5', '--epochs', '2')
-    whole = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied', *flags,
-                       '--save_path', tmp_path / 'model.pt')
-    assert whole.returncode == 0, whole.stderr
+    whole, resumed = run_whole_and_interrupted(tmp_path, '--schedule', 'cosine', '--warmup', '0.5',
+                                               '--epochs', '2')
     printed = [line for line in whole.stdout.splitlines() if line.startswith('current lr')]
     assert printed == ['current lr: [0.005]', 'current lr: [0.0]']  # --lr 0.01: half, then 0
     with open(tmp_path / 'model.csv') as f:
         assert [float(row['lr']) for row in csv.DictReader(f)] == [0.005, 0.0]
-
-    proc = start_training(tmp_path / 'stopped', *flags)
-    wait_for_training(proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert torch.load(tmp_path / 'stopped' / 'model.last.pt', weights_only=True)['position'] is not None
-    resumed = run_script('demo_tie.py', '--save_path', tmp_path / 'stopped' / 'model.pt',
-                         '--data_dir', tmp_path / 'corpus', '--resume')
-    assert resumed.returncode == 0, resumed.stderr
     assert printed_test_lines(resumed) == printed_test_lines(whole)
     assert states_equal(tmp_path / 'stopped' / 'model.last.pt', tmp_path / 'model.last.pt')
 

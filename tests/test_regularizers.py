@@ -1,7 +1,6 @@
 """The opt-in regularisers (issue 13): each one's defining property, that none adds a
 parameter or touches the reference's model, and the preset through the real scripts."""
 import random
-import signal
 import warnings
 
 import pytest
@@ -9,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import data
-from conftest import (TINY, pattern_corpus, printed_test_lines, run_script, start_training,
-                      states_equal, train_tiny, wait_for_training)
+from conftest import (printed_test_lines, run_script, run_whole_and_interrupted, states_equal,
+                      train_tiny)
 from engine import activation_penalty, train_epoch, window_lr_factors
 from model import LSTMLanguageModel, count_parameters, locked_dropout, run_lstm, word_mask
 
@@ -191,23 +190,7 @@ def test_help_lists_the_regularisers_off_by_default():
 def test_a_preset_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path):
     """SIGTERM in mid-epoch, then --resume: the same weights as the uninterrupted run,
     every regulariser and the variable windows included."""
-    pattern_corpus(tmp_path / 'corpus', train_lines=3000, eval_lines=40)
-    (tmp_path / 'stopped').mkdir()
-    (tmp_path / 'stopped' / 'corpus').symlink_to(tmp_path / 'corpus')
-    preset = ('--recipe', 'regularized', '--epochs', '2')
-    whole = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied', *preset,
-                       '--save_path', tmp_path / 'model.pt')
-    assert whole.returncode == 0, whole.stderr
-
-    proc = start_training(tmp_path / 'stopped', *preset)
-    wait_for_training(proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert torch.load(tmp_path / 'stopped' / 'model.last.pt', weights_only=True)['position'] is not None
-    resumed = run_script('demo_tie.py', '--save_path', tmp_path / 'stopped' / 'model.pt',
-                         '--data_dir', tmp_path / 'corpus', '--resume')
-    assert resumed.returncode == 0, resumed.stderr
+    whole, resumed = run_whole_and_interrupted(tmp_path, '--recipe', 'regularized', '--epochs', '2')
     assert printed_test_lines(resumed) == printed_test_lines(whole)
     assert states_equal(tmp_path / 'stopped' / 'model.last.pt', tmp_path / 'model.last.pt')
 
