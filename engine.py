@@ -166,7 +166,8 @@ def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidd
     the loss that is minimised (see activation_penalty); the losses reported and returned are
     the cross-entropy alone. `windows` lists the (start, length) of each window (default:
     data.fixed_windows). `lr_factors[k]`, where given, multiplies the learning rate of window
-    k's step (see window_lr_factors); the optimizer's own learning rate is left as it was. A `weight_average` (WeightAverage) takes in the weights after every step.
+    k's step (see window_lr_factors); the optimizer's own learning rate is left as it was.
+    A `weight_average` (WeightAverage) takes in the weights after every step.
     Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
     """
     forward = model if forward is None else forward
