@@ -26,29 +26,38 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable, unsafe or not ours, worded for the user."""
 
 
-def save_checkpoint(obj, path):
-    """Write `obj` to `path` so that a crash or a full disk never leaves a half-written file
-    there: write a temporary file beside it, flush it to disk, then rename it over `path`.
-    Every failure is raised as an OSError naming `path` (torch.save reports a full disk as a
-    RuntimeError from its zip writer), with the temporary file removed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+def write_atomically(path, write):
+    """Call `write(f)` on a temporary file beside `path` (opened in binary), flush it to disk,
+    then rename it over `path`: a crash or a full disk never leaves a half-written file there,
+    only the previous version. The temporary file is removed on any failure."""
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as e:
+    except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, RuntimeError):
-            raise OSError(errno.EIO, f'write failed ({str(e).splitlines()[0][:120]}); is the disk '
-                                     'full?', path) from None
-        if isinstance(e, OSError) and e.filename is None:
+        raise
+
+
+def save_checkpoint(obj, path):
+    """Write `obj` to `path` atomically (see write_atomically). Every failure is raised as an
+    OSError naming `path` (torch.save reports a full disk as a RuntimeError from its zip
+    writer)."""
+    try:
+        write_atomically(path, lambda f: torch.save(obj, f))
+    except RuntimeError as e:
+        raise OSError(errno.EIO, f'write failed ({str(e).splitlines()[0][:120]}); is the disk '
+                                 'full?', path) from None
+    except OSError as e:
+        if e.filename is None:
             raise OSError(e.errno, e.strerror or str(e), path) from None
         raise
 

@@ -21,13 +21,12 @@ import random
 import shlex
 import signal
 import sys
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from checkpoint import CheckpointError, check_writable, load_checkpoint
+from checkpoint import CheckpointError, check_writable, load_checkpoint, write_atomically
 from engine import WeightAverage
 
 try:
@@ -328,22 +327,6 @@ def restore_random_state(ckpt, group, seed):
 
 # ---------------------------------------------------------------------------- metrics CSV
 
-def write_atomically(path, text):
-    """Write text to a temporary file beside `path`, flush it to disk, rename it over `path`."""
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'w', newline='', encoding='utf-8') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 class MetricsLog:
     """One CSV row per epoch, the whole file rewritten atomically at each row (a kill or a
     full disk leaves the previous version). Created with its first row. On resume, rows after
@@ -366,7 +349,7 @@ class MetricsLog:
         writer = csv.DictWriter(out, METRICS_COLUMNS, extrasaction='ignore', lineterminator='\n')
         writer.writeheader()
         writer.writerows(self.rows)
-        write_atomically(self.path, out.getvalue())
+        write_atomically(self.path, lambda f: f.write(out.getvalue().encode('utf-8')))
 
 
 def read_metrics(path):

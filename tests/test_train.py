@@ -1,6 +1,8 @@
 """demo_tie.py run as a user runs it, on tiny corpora."""
 import csv
+import os
 import re
+import stat
 
 import pytest
 import torch
@@ -48,6 +50,15 @@ def test_metrics_csv_has_one_row_per_epoch(trained):
     val_ppl = re.findall(r'Validation Perplexity: (\d+\.\d{4})', trained['proc'].stdout)
     assert [r['val_ppl'] for r in rows] == val_ppl
     assert float(rows[2]['train_loss']) < float(rows[0]['train_loss'])
+
+
+def test_the_files_a_run_writes_have_a_normal_files_mode(trained):
+    """They are written through private temporary files, yet must end up readable like any
+    file the user creates (0666 less the umask), e.g. by a plotting job of another account."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ('model.pt', 'model.last.pt', 'model.csv'):
+        assert stat.S_IMODE(os.stat(trained['folder'] / name).st_mode) == 0o666 & ~umask, name
 
 
 def test_eval_only_reproduces_the_test_numbers_of_training(trained):
