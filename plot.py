@@ -60,7 +60,7 @@ def main(argv=None):
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator
     except ImportError:
         print('error: plot.py needs matplotlib: pip install matplotlib', file=sys.stderr)
         return 1
@@ -81,6 +81,8 @@ def main(argv=None):
         plain = FuncFormatter(lambda value, _: f'{value:g}')  # 140, not 1.4 x 10^2
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
+        # curves often span less than a decade: label 120, 150, 250 too, not only 200, 300
+        ax.yaxis.set_minor_locator(LogLocator(subs=(1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
         ax.grid(True, which='both', alpha=0.3)
         ax.legend()
     fig.tight_layout()
