@@ -1,6 +1,7 @@
-"""Measure the trainer's own code: training and evaluation tokens/s, generation words/s, peak memory.
+"""Measure the trainer's own code: training and evaluation tokens/s, generation words/s, peak
+memory.
 
-    python bench.py                        # the reference configuration (2x650 tied, batch 20, seq 30)
+    python bench.py                        # the reference model (2x650 tied, batch 20, seq 30)
     python bench.py --embed_size 200 --hidden_size 200 --windows 50 --json bench.json
     python bench.py --compare_example      # also time the word_language_model example's loop
     python bench.py --amp                  # each loop in float32 and under --amp, taking turns
@@ -18,17 +19,19 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import data
-from engine import evaluate, keep_freed_memory, make_optimizer, mixed_precision, train_epoch
-from options import add_device_flags, apply_threads, non_negative_int, positive_int, probability
-from runstate import seed_everything
+from device import add_device_flags, apply_threads, keep_freed_memory, mixed_precision, pick_device
+from engine import Stepping, evaluate, make_optimizer, train_epoch
 from generate import sample
-from model import LSTMLanguageModel, detach_hidden, pick_device
+from model import LSTMLanguageModel, detach_hidden, tied_size_problem
+from options import non_negative_int, positive_int, probability
+from runstate import seed_everything
 
 PTB_VOCAB = 10002
 EXAMPLE = 'train (word_language_model loop)'
@@ -113,7 +116,7 @@ def bench_reading(data_dir, max_vocab, min_count):
             'peak_rss_mib': peak, 'baseline_rss_mib': baseline, 'arrays_mib': array_mb}
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(
         description='Benchmark the trainer, evaluator and generator',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -125,40 +128,28 @@ def main(argv=None):
     p.add_argument('--seq_length', type=positive_int, default=30)
     p.add_argument('--tied', action=argparse.BooleanOptionalAction, default=True)
     add_device_flags(p)
-    p.add_argument('--amp', action='store_true', help='Also time each loop under --amp (taking turns with float32)')
+    p.add_argument('--amp', action='store_true',
+                   help='Also time each loop under --amp (taking turns with float32)')
     p.add_argument('--windows', type=positive_int, default=20, help='Training windows per repeat')
     p.add_argument('--repeats', type=positive_int, default=5)
-    p.add_argument('--warmup', type=non_negative_int, default=1, help='Repeats run first and not counted')
+    p.add_argument('--warmup', type=non_negative_int, default=1,
+                   help='Repeats run first and not counted')
     p.add_argument('--gen_words', type=positive_int, default=200)
-    p.add_argument('--compare_example', action='store_true', help="Also time the word_language_model example's loop")
+    p.add_argument('--compare_example', action='store_true',
+                   help="Also time the word_language_model example's loop")
     p.add_argument('--json', metavar='FILE', help='Also write the results as JSON')
-    p.add_argument('--read_corpus', metavar='DIR', help='Only time reading this corpus folder (and its peak memory)')
-    p.add_argument('--max_vocab', type=non_negative_int, default=0, help='With --read_corpus: as in demo_tie.py')
-    p.add_argument('--min_count', type=positive_int, default=1, help='With --read_corpus: as in demo_tie.py')
-    args = p.parse_args(argv)
-    if args.tied and args.embed_size != args.hidden_size:
-        p.error('--tied needs --embed_size equal to --hidden_size (or pass --no-tied)')
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        p.error(str(e))
-    if args.json:  # fail now, not after the whole benchmark
-        try:
-            open(args.json, 'a').close()
-        except OSError as e:
-            p.error(f'cannot write --json {args.json}: {e.strerror or e}')
+    p.add_argument('--read_corpus', metavar='DIR',
+                   help='Only time reading this corpus folder (and its peak memory)')
+    p.add_argument('--max_vocab', type=non_negative_int, default=0,
+                   help='With --read_corpus: as in demo_tie.py')
+    p.add_argument('--min_count', type=positive_int, default=1,
+                   help='With --read_corpus: as in demo_tie.py')
+    return p
 
-    apply_threads(args.threads)
-    if args.read_corpus:
-        try:
-            result = bench_reading(args.read_corpus, args.max_vocab, args.min_count)
-        except data.DataError as e:
-            print(f'error: {e}', file=sys.stderr)
-            return 1
-        if args.json:
-            with open(args.json, 'w') as f:
-                json.dump(result, f, indent=2)
-        return 0
+
+def loops_to_time(args, device):
+    """(config line, {kind: ({name: fn}, amount per call, unit)}): the trainer's, evaluator's
+    and generator's own functions on the benchmark model, under --amp too when asked."""
     amp_dtype, amp_scaler, warning = mixed_precision(device, args.amp)
     if warning:
         print(f'warning: {warning}; no --amp rows', file=sys.stderr)
@@ -167,45 +158,44 @@ def main(argv=None):
     steps = args.windows * args.seq_length + 1
     stream, vocab_size, source = token_stream(steps * args.batch_size)
     batched = data.batchify(stream, args.batch_size).to(device)
+    windows = data.fixed_windows(batched, args.seq_length)
     model = LSTMLanguageModel(vocab_size, args.embed_size, args.hidden_size, args.num_layers,
                               args.dropout, args.tied).to(device)
-    optimizer = make_optimizer(model, 1e-3, 1e-5)
+    stepping = Stepping(make_optimizer(model, 1e-3, 1e-5), clip=5.0)
     tokens = batched.size(0) * (batched.size(1) - 1)
-
-    results = {}
-
-    def record(name, times, amount, unit):
-        rates = sorted(amount / t for t in times)
-        results[name] = {'median': statistics.median(rates), 'min': rates[0], 'max': rates[-1],
-                         'unit': unit, 'repeats': len(rates)}
-
-    training = {'train': lambda: train_epoch(model, batched, optimizer, args.seq_length, 5.0)}
-    evaluation = {'evaluate': lambda: evaluate(model, batched, args.seq_length)}
     prompt = [data.SOS] + stream[:10].tolist()
     generator = torch.Generator().manual_seed(0)
-    generation = {'generate': lambda: sample(model, prompt, args.gen_words, generator=generator)}
-    if amp_dtype is not None:
-        name = f'{str(amp_dtype).replace("torch.", "")} autocast'
-        training[f'train ({name})'] = lambda: train_epoch(
-            model, batched, optimizer, args.seq_length, 5.0, autocast_dtype=amp_dtype, scaler=amp_scaler)
-        evaluation[f'evaluate ({name})'] = lambda: evaluate(
-            model, batched, args.seq_length, autocast_dtype=amp_dtype)
-        generation[f'generate ({name})'] = lambda: sample(
-            model, prompt, args.gen_words, generator=generator, autocast_dtype=amp_dtype)
-    if args.compare_example:
-        baseline_optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=True)
-        training[EXAMPLE] = lambda: example_train(
-            model, batched, baseline_optimizer, args.seq_length, 5.0)
-    for fns, amount, unit in ((training, tokens, 'tokens/s'), (evaluation, tokens, 'tokens/s'),
-                              (generation, args.gen_words, 'words/s')):
-        for name, times in timed(fns, device, args.repeats, args.warmup).items():
-            record(name, times, amount, unit)
 
+    def precisions(name, run):  # {name: fn} in float32, and in --amp's dtype where it applies
+        fns = {name: lambda: run(None)}
+        if amp_dtype is not None:
+            dtype_name = str(amp_dtype).replace('torch.', '')
+            fns[f'{name} ({dtype_name} autocast)'] = lambda: run(amp_dtype)
+        return fns
+
+    training = precisions('train', lambda dtype: train_epoch(
+        model, batched, windows, replace(stepping, autocast_dtype=dtype,
+                                         scaler=amp_scaler if dtype else None)))
+    if args.compare_example:
+        baseline = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=True)
+        training[EXAMPLE] = lambda: example_train(model, batched, baseline, args.seq_length, 5.0)
+    loops = {'train': (training, tokens, 'tokens/s'),
+             'evaluate': (precisions('evaluate', lambda dtype: evaluate(
+                 model, batched, args.seq_length, autocast_dtype=dtype)), tokens, 'tokens/s'),
+             'generate': (precisions('generate', lambda dtype: sample(
+                 model, prompt, args.gen_words, generator=generator, autocast_dtype=dtype)),
+                 args.gen_words, 'words/s')}
     config = (f'{args.num_layers}x{args.hidden_size} {"tied" if args.tied else "untied"}, embed '
-              f'{args.embed_size}, batch {args.batch_size}, seq {args.seq_length}, vocab {vocab_size} '
-              f'({source}), {args.windows} windows a repeat')
-    machine = (f'{device} ({torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()}, '
-               f'{torch.get_num_threads()} threads), torch {torch.__version__}')
+              f'{args.embed_size}, batch {args.batch_size}, seq {args.seq_length}, vocab '
+              f'{vocab_size} ({source}), {args.windows} windows a repeat')
+    return config, loops
+
+
+def print_results(config, device, results, peak):
+    processor = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+                 else platform.processor() or platform.machine())
+    machine = (f'{device} ({processor}, {torch.get_num_threads()} threads), '
+               f'torch {torch.__version__}')
     print(f'config:  {config}')
     print(f'machine: {machine}')
     print(f'{"measure":<34} {"median":>12} {"min":>12} {"max":>12}  unit')
@@ -215,12 +205,49 @@ def main(argv=None):
         for name in (n for n in results if n.startswith('train') and n != EXAMPLE):
             ratio = results[name]['median'] / results[EXAMPLE]['median']
             print(f'{name + " speed-up over the example":<34} {ratio:>12.3f}x')
-    peak = peak_memory_mb(device)
-    print(f'{"peak memory":<34} {peak:>12.1f} {"":>12} {"":>12}  MiB ({"CUDA allocated" if device.type == "cuda" else "process RSS"})')
+    memory = 'CUDA allocated' if device.type == 'cuda' else 'process RSS'
+    print(f'{"peak memory":<34} {peak:>12.1f} {"":>12} {"":>12}  MiB ({memory})')
+    return machine
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    if tied_size_problem(args.tied, args.embed_size, args.hidden_size):
+        p.error(tied_size_problem(args.tied, args.embed_size, args.hidden_size)
+                + ' (or pass --no-tied)')
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
+    if args.json:  # fail now, not after the whole benchmark
+        try:
+            open(args.json, 'a').close()
+        except OSError as e:
+            p.error(f'cannot write --json {args.json}: {e.strerror or e}')
+    apply_threads(args.threads)
+
+    if args.read_corpus:
+        try:
+            report = bench_reading(args.read_corpus, args.max_vocab, args.min_count)
+        except data.DataError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 1
+    else:
+        config, loops = loops_to_time(args, device)
+        results = {}
+        for fns, amount, unit in loops.values():
+            for name, times in timed(fns, device, args.repeats, args.warmup).items():
+                rates = sorted(amount / t for t in times)
+                results[name] = {'median': statistics.median(rates), 'min': rates[0],
+                                 'max': rates[-1], 'unit': unit, 'repeats': len(rates)}
+        peak = peak_memory_mb(device)
+        machine = print_results(config, device, results, peak)
+        report = {'config': config, 'machine': machine, 'results': results,
+                  'peak_memory_mib': peak, 'args': vars(args)}
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump({'config': config, 'machine': machine, 'results': results,
-                       'peak_memory_mib': peak, 'args': vars(args)}, f, indent=2)
+            json.dump(report, f, indent=2)
     return 0
 
 

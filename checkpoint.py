@@ -1,20 +1,30 @@
-"""Checkpoints: plain dicts of tensors and Python values, written atomically, read safely.
+"""The checkpoint format, built, written, read and checked here alone.
 
-A checkpoint holds everything needed to rebuild the model (`model_args`, `vocab`,
-`model_state`), so generate.py needs nothing but the file. A "last" checkpoint, written each
-epoch to resume from, also holds the optimizer, scheduler, RNG states and the position in
-the epoch (see demo_tie.py).
+Checkpoints are plain dicts of tensors and Python values, written atomically and read with
+weights_only=True. Two kinds, both beside --save_path:
+
+    best (m.pt)       the model with the best validation loss: `model_args`, `vocab` and
+                      `model_state` rebuild it, so generate.py and score.py need nothing else;
+                      also the run's `args`, `epoch`, `val_loss` and `run_id`
+    last (m.last.pt)  the best's fields for the newest weights, plus all that --resume needs
+                      to continue exactly: optimizer, scheduler and scaler states, the best
+                      validation loss so far, every epoch's validation loss and NT-ASGD's
+                      mean, each process's RNG state, the position in the epoch (None at an
+                      epoch's end) and a digest of the data
 """
 import errno
+import hashlib
 import os
 import pickle
 import pickletools
 import tempfile
 import zipfile
+from typing import NamedTuple
 
 import torch
 
 from data import SPECIALS, UNK
+from engine import WeightAverage
 from model import LSTMLanguageModel
 from recipe import MODEL_REGULARIZERS
 
@@ -91,7 +101,8 @@ def load_checkpoint(path, map_location='cpu', missing_hint=''):
         if not carries_code(path):
             raise CheckpointError(f'{path} is not a checkpoint (not a PyTorch file)') from None
         # torch's message is long; keep its one line that names what was refused
-        reason = next((line.strip() for line in str(e).splitlines() if 'Unsupported global' in line), '')
+        reason = next((line.strip() for line in str(e).splitlines()
+                       if 'Unsupported global' in line), '')
         reason = reason.split('. ')[0][:200]
         raise CheckpointError(f'{path} is not a checkpoint that can be opened safely: it asks to '
                               f'run code when loaded, which weights_only loading refuses'
@@ -119,7 +130,7 @@ def carries_code(path):
                 raw = f.read(2**24)
         opcodes = [op.name for op, _, _ in pickletools.genops(raw)]  # the whole pickle parses
         return any(name in ('GLOBAL', 'STACK_GLOBAL', 'INST', 'OBJ') for name in opcodes)
-    except Exception:  # not a pickle at all: genops stops at the first byte it cannot read
+    except Exception:  # noqa: BLE001  not a pickle: genops stops at the first byte it cannot read
         return False
 
 
@@ -168,14 +179,122 @@ def build_model(ckpt, device='cpu'):
 def model_args(args, vocab_size):
     """The model's description, as LSTMLanguageModel's arguments. Regularisers appear only
     when set, so a reference model's description is the reference's."""
-    described = {'vocab_size': vocab_size, 'embed_size': args.embed_size, 'hidden_size': args.hidden_size,
-                 'num_layers': args.num_layers, 'dropout': args.dropout, 'tied': args.tied}
+    described = {'vocab_size': vocab_size, 'embed_size': args.embed_size,
+                 'hidden_size': args.hidden_size, 'num_layers': args.num_layers,
+                 'dropout': args.dropout, 'tied': args.tied}
     described.update({k: getattr(args, k) for k, off in MODEL_REGULARIZERS.items()
                       if getattr(args, k, off) != off})
     return described
 
 
-def best_checkpoint(model, vocab, args, epoch, val_loss):
+def best_checkpoint(model, vocab, args, epoch, val_loss, run_id):
+    """What generate.py, score.py and --eval_only read. `run_id` tells the run that wrote
+    it, so that a run tests only a best model of its own."""
     return {'format': FORMAT, 'model_state': model.state_dict(), 'vocab': vocab,
             'model_args': model_args(args, len(vocab)), 'args': vars(args),
-            'epoch': epoch, 'val_loss': val_loss}
+            'epoch': epoch, 'val_loss': val_loss, 'run_id': run_id}
+
+
+def last_checkpoint(best, *, optimizer, scheduler, scaler, best_val_loss, val_losses,
+                    weight_average, rngs, position, window_losses, fingerprint):
+    """The best checkpoint's fields (`best`, for the newest weights) and the training state
+    that --resume restores (see restore_training). `rngs`: each process's rng_state();
+    `position`: None at an epoch's end, else {'window', 'losses', 'hidden', 'seconds'} of
+    the window to run next, the hidden state laid out as one process's batch."""
+    return {**best, 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+            'scaler': scaler.state_dict() if scaler is not None else None,
+            'best_val_loss': best_val_loss, 'val_losses': val_losses,
+            'weight_average': weight_average and weight_average.state_dict(),
+            'position': position, 'rng': rngs[0], 'rng_of_processes': rngs,
+            'window_losses': window_losses.cpu(), 'data_fingerprint': fingerprint}
+
+
+def data_fingerprint(corpus):
+    """A digest of each split's token ids: a resume on other data is refused, naming the split."""
+    return {split: hashlib.sha256(getattr(corpus, split).contiguous().numpy()).hexdigest()
+            for split in ('train', 'valid', 'test')}
+
+
+def check_same_data(ckpt, path, corpus, data_dir):
+    if ckpt['vocab'] != corpus.vocab:
+        raise CheckpointError(f'{path} was trained on another vocabulary than {data_dir} gives '
+                              '(train.txt has changed, or --data_dir is another corpus)')
+    saved = ckpt.get('data_fingerprint')
+    if saved:
+        now = data_fingerprint(corpus)
+        changed = [f'{split}.txt' for split in now if saved.get(split) != now[split]]
+        if changed:
+            raise CheckpointError(f'{", ".join(changed)} in {data_dir} differ from the data this '
+                                  'run started with; resume with the same data, or start a new run')
+
+
+def load_last_checkpoint(path):
+    """A last checkpoint, refused with advice when it is a best one."""
+    ckpt = load_checkpoint(path)
+    if 'optimizer' not in ckpt:
+        raise CheckpointError(f'{path} holds a model only; resume from the ".last.pt" '
+                              'checkpoint written beside it')
+    return ckpt
+
+
+class Restored(NamedTuple):
+    first_epoch: int         # the epoch to run next (the stopped one, from `position`)
+    best_val: float
+    position: dict           # where in that epoch, or None to start it afresh
+    val_losses: list         # every finished epoch's validation loss
+    weight_average: object   # NT-ASGD's WeightAverage, or None before it started
+
+
+NOT_RESUMABLE = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
+
+
+def restore_training(ckpt, path, model, optimizer, scheduler, scaler, n_windows_of, batch_size):
+    """Load a last checkpoint's training state into the model, optimizer, scheduler and
+    scaler. `n_windows_of(epoch)` is the number of an epoch's training windows. A checkpoint
+    that loads but does not fit is refused (CheckpointError); the RNG states are restored
+    by runstate.restore_random_state."""
+    try:
+        model.load_state_dict(ckpt['model_state'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scheduler.load_state_dict(ckpt['scheduler'])
+        if scaler is not None and ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
+        epoch, best_val = int(ckpt['epoch']), float(ckpt['best_val_loss'])
+        position = ckpt['position']
+        if position is not None:
+            _check_position(position, n_windows_of(epoch), (model.num_layers, batch_size,
+                                                            model.hidden_size))
+        _check_optimizer_state(optimizer)
+        val_losses = [float(v) for v in ckpt.get('val_losses', [])]
+        weight_average = None
+        if ckpt.get('weight_average') is not None:
+            weight_average = WeightAverage(model)
+            weight_average.load_state_dict(ckpt['weight_average'])
+    except NOT_RESUMABLE as e:
+        raise damaged(path, e) from None
+    first_epoch = epoch + (1 if position is None else 0)
+    return Restored(first_epoch, best_val, position, val_losses, weight_average)
+
+
+def _check_position(position, n_windows, hidden_shape):
+    ok = (0 < int(position['window']) < n_windows
+          and tuple(position['losses'].shape) == (n_windows,)
+          and len(position['hidden']) == 2
+          and all(tuple(h.shape) == hidden_shape for h in position['hidden'])
+          and float(position['seconds']) >= 0)
+    if not ok:
+        raise ValueError('its position in the epoch does not fit this model and data')
+
+
+def _check_optimizer_state(optimizer):
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            for value in optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError('its optimizer state does not fit the model')
+
+
+def damaged(path, error):
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
+                           'another last checkpoint, or start afresh with --overwrite')

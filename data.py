@@ -193,7 +193,8 @@ def print_mapping_notes(respelled, unknown, limit=20):
         return ', '.join(items[:limit]) + more
     if respelled:
         print('note: the vocabulary is lower-case and writes numbers as N (as PTB does), so '
-              'the text was read as: ' + listed(f'{a} -> {b}' for a, b in respelled), file=sys.stderr)
+              'the text was read as: ' + listed(f'{a} -> {b}' for a, b in respelled),
+              file=sys.stderr)
     if unknown:
         print('note: not in the vocabulary, read as <unk>: ' + listed(unknown), file=sys.stderr)
 
@@ -227,7 +228,8 @@ def window_starts(data, seq_length):
 def fixed_windows(data, seq_length):
     """(start, length) of each window of window_starts."""
     steps = data.size(1)
-    return [(start, min(seq_length, steps - 1 - start)) for start in window_starts(data, seq_length)]
+    return [(start, min(seq_length, steps - 1 - start))
+            for start in window_starts(data, seq_length)]
 
 
 def variable_windows(data, seq_length, rng):

@@ -24,6 +24,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from device import pick_device
+
 # A process that waits longer than this for the others (one of them died or hangs) fails,
 # and torchrun then ends the whole job, rather than leaving it blocked forever.
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -147,7 +149,6 @@ def launched_by_torchrun():
 def setup(device_name):
     """(Single or Distributed, device). Under torchrun: one process per GPU (its LOCAL_RANK)
     with NCCL, or CPU processes with gloo (--device cpu, or no GPU)."""
-    from model import pick_device
     if not launched_by_torchrun():
         return Single(), pick_device(device_name)
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
@@ -163,5 +164,5 @@ def setup(device_name):
     dist.init_process_group(backend, timeout=TIMEOUT)
     group = Distributed(device)
     if not group.is_main:
-        sys.stdout = open(os.devnull, 'w')  # rank 0 speaks for the job
+        sys.stdout = open(os.devnull, 'w')  # noqa: SIM115  rank 0 speaks for the job
     return group, device

@@ -1,11 +1,11 @@
-"""The training engine: one epoch of truncated BPTT, evaluation, and the choices that make
-them fast (optimizer kernel, mixed precision, memory reuse). Shared by the trainer, the
-scorer, the benchmark and the tests, so all of them run exactly the same loop.
+"""The training engine: one epoch of truncated BPTT, evaluation, the optimizer, its schedule
+and NT-ASGD's weight average. Shared by the trainer, the scorer, the benchmark and the tests,
+so all of them run exactly the same loop.
 """
-import ctypes
 import contextlib
 import math
-import platform
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -31,23 +31,6 @@ class EpochResult(NamedTuple):
 
 def perplexity(loss):
     return math.exp(loss) if loss < 700 else float('inf')
-
-
-def keep_freed_memory():
-    """Ask glibc to keep freed memory for reuse instead of handing it back to the system.
-
-    A CPU step allocates and frees tensors of tens of MB (logits, the decoder's gradient);
-    by default glibc serves each from fresh pages that the kernel must fault in and zero,
-    every window. Serving them from the heap and never trimming it made a 2x650 step about
-    4% faster on the 2-core development machine (PyTorch's CPU tuning guide suggests
-    jemalloc or tcmalloc for the same reason). Elsewhere than glibc this does nothing.
-    """
-    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    libc = ctypes.CDLL(None)
-    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed value on 64-bit
-    libc.mallopt(M_TRIM_THRESHOLD, 2**30)
 
 
 def make_optimizer(model, lr, weight_decay, name='adam'):
@@ -114,114 +97,109 @@ class WeightAverage:
         """Refuses (ValueError) a state that does not fit the model."""
         mean, count = state['mean'], int(state['count'])
         if set(mean) != set(self.mean) or count < 0 or any(
-                not torch.is_tensor(mean[n]) or mean[n].shape != t.shape for n, t in self.mean.items()):
+                not torch.is_tensor(mean[n]) or mean[n].shape != t.shape
+                for n, t in self.mean.items()):
             raise ValueError('its weight average does not fit the model')
         for name, t in self.mean.items():
             t.copy_(mean[name])
         self.count = count
 
 
-def cpu_has_native_bfloat16():
-    """True where the CPU multiplies bfloat16 in hardware (x86 AVX-512 BF16 or AMX, Arm BF16).
-    Elsewhere PyTorch emulates bfloat16, which is slower than float32."""
-    capabilities = getattr(torch.cpu, 'get_capabilities', None)
-    if capabilities is not None:
-        caps = capabilities()
-        return any(caps.get(k, False) for k in ('avx512_bf16', 'amx_bf16', 'bf16', 'sve_bf16'))
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # PyTorch before 2.9
+@dataclass(frozen=True)
+class Stepping:
+    """How train_epoch takes each step: what stays the same for a whole epoch."""
+    optimizer: torch.optim.Optimizer
+    clip: float                       # largest gradient norm
+    forward: Callable = None          # the model, or its compiled or DistributedDataParallel
+                                      # wrapper (default: the model)
+    autocast_dtype: torch.dtype = None  # bfloat16 or float16 under --amp
+    scaler: object = None             # GradScaler, with float16
+    alpha: float = 0.0                # AR and TAR weights (see activation_penalty)
+    beta: float = 0.0
+    weight_average: object = None     # a WeightAverage takes in the weights after every step
+    average_losses: Callable = None   # several processes: their window losses -> the batch's
 
 
-def mixed_precision(device, requested):
-    """What --amp means on `device`: (autocast dtype or None, GradScaler or None, warning or
-    None). Weights, gradients and optimizer state stay float32 in every case; only the
-    matrix products run in the lower precision."""
-    if not requested:
-        return None, None, None
-    if device.type == 'cuda':
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, None, None
-        return torch.float16, torch.amp.GradScaler('cuda'), None  # float16 needs loss scaling
-    if device.type == 'cpu':
-        if cpu_has_native_bfloat16():
-            return torch.bfloat16, None, None
-        return None, None, ('--amp: this CPU has no native bfloat16 instructions (AVX-512 BF16 '
-                            'or AMX), and emulated bfloat16 is slower than float32; running '
-                            'in float32')
-    return None, None, f'--amp works on CUDA and on CPUs with bfloat16; running in float32 on {device}'
+@dataclass(frozen=True)
+class EpochStart:
+    """Where an epoch starts: its first window, or where a stopped run left it."""
+    window: int = 0
+    hidden: tuple = None              # the LSTM state before that window (default: zeros)
+    losses: torch.Tensor = None       # the windows' losses so far (default: zeros)
 
 
-def train_epoch(model, train_data, optimizer, seq_length, clip, *, start=0, hidden=None,
-                losses=None, forward=None, autocast_dtype=None, scaler=None,
-                should_stop=lambda: False, on_window=lambda k, running_loss: None,
-                average_losses=None, alpha=0.0, beta=0.0, windows=None, lr_factors=None,
-                weight_average=None):
-    """One pass of truncated BPTT over `train_data` (batch_size, steps), from window `start`.
+def train_epoch(model, train_data, windows, stepping, start=EpochStart(), lr_factors=None,
+                should_stop=lambda: False, on_window=lambda k, running_loss: None):
+    """One pass of truncated BPTT over `train_data` (batch_size, steps): window k is the
+    columns windows[k] = (start, length) (data.fixed_windows, or data.variable_windows),
+    from window `start.window` on. `lr_factors[k]`, where given, multiplies the learning rate
+    of window k's step (see window_lr_factors); the optimizer's own rate is left as it was.
 
     The loss stays on the device: it is read every REFRESH_EVERY windows (to check it is
     finite and to report a running mean through `on_window`) rather than after each window,
-    which would make the CPU wait for the GPU. `forward` is the model, or a compiled or
-    DistributedDataParallel version of it. Under several processes, `average_losses` turns
-    each process's window losses into the whole batch's, so that every process reports, and
-    stops on, the same values. `alpha` and `beta` weigh the activation penalties added to
-    the loss that is minimised (see activation_penalty); the losses reported and returned are
-    the cross-entropy alone. `windows` lists the (start, length) of each window (default:
-    data.fixed_windows). `lr_factors[k]`, where given, multiplies the learning rate of window
-    k's step (see window_lr_factors); the optimizer's own learning rate is left as it was.
-    A `weight_average` (WeightAverage) takes in the weights after every step.
+    which would make the CPU wait for the GPU. The losses reported and returned are the
+    cross-entropy alone, without the activation penalties that are minimised with it.
     Raises NonFiniteLoss naming the first window whose loss was NaN or infinite.
     """
-    forward = model if forward is None else forward
+    forward = model if stepping.forward is None else stepping.forward
     device = train_data.device
-    windows = windows or data.fixed_windows(train_data, seq_length)
-    regularize = bool(alpha or beta)
-    if losses is None:
-        losses = torch.zeros(len(windows), device=device)
-    if hidden is None:
-        hidden = model.init_hidden(train_data.size(0))
-    checked, reported_sum = start, 0.0
+    regularize = bool(stepping.alpha or stepping.beta)
+    losses = start.losses if start.losses is not None else torch.zeros(len(windows), device=device)
+    hidden = start.hidden if start.hidden is not None else model.init_hidden(train_data.size(0))
+    checked, reported_sum = start.window, 0.0
     model.train()
-    for k in range(start, len(windows)):
+    for k in range(start.window, len(windows)):
         x, y = data.get_window(train_data, *windows[k])
         hidden = detach_hidden(hidden)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(device.type, dtype=stepping.autocast_dtype,
+                            enabled=stepping.autocast_dtype is not None):
             if regularize:
                 logits, hidden, output, dropped = forward(x, hidden, with_outputs=True)
             else:
                 logits, hidden = forward(x, hidden)
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-            objective = loss + activation_penalty(output, dropped, alpha, beta) if regularize else loss
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(objective).backward()
-            scaler.unscale_(optimizer)
-        else:
-            objective.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # multi-tensor where supported
-        with scaled_lr(optimizer, 1 if lr_factors is None else lr_factors[k]):
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-        if weight_average is not None:
-            weight_average.update(model)
+            objective = loss
+            if regularize:
+                objective = loss + activation_penalty(output, dropped, stepping.alpha,
+                                                      stepping.beta)
+        take_step(model, objective, stepping, 1 if lr_factors is None else lr_factors[k])
         losses[k] = loss.detach()
 
         stopping = should_stop()
         running_loss = None
         if k + 1 - checked >= REFRESH_EVERY or k + 1 == len(windows) or stopping:
-            if average_losses is not None:
-                losses[checked:k + 1] = average_losses(losses[checked:k + 1].clone())
+            if stepping.average_losses is not None:
+                losses[checked:k + 1] = stepping.average_losses(losses[checked:k + 1].clone())
             recent = losses[checked:k + 1].tolist()  # the one read from the device
             bad = next((i for i, value in enumerate(recent) if not math.isfinite(value)), None)
             if bad is not None:
                 raise NonFiniteLoss(checked + bad + 1)
             checked, reported_sum = k + 1, reported_sum + sum(recent)
-            running_loss = reported_sum / (k + 1 - start)
+            running_loss = reported_sum / (k + 1 - start.window)
         on_window(k, running_loss)
         if stopping:
             return EpochResult(losses, hidden, k + 1)
     return EpochResult(losses, hidden, len(windows))
+
+
+def take_step(model, objective, stepping, lr_factor):
+    """Backward, clip, and one optimizer step at the learning rate times `lr_factor`."""
+    optimizer, scaler = stepping.optimizer, stepping.scaler
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(objective).backward()
+        scaler.unscale_(optimizer)
+    else:
+        objective.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), stepping.clip)  # multi-tensor kernel
+    with scaled_lr(optimizer, lr_factor):
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+    if stepping.weight_average is not None:
+        stepping.weight_average.update(model)
 
 
 @contextlib.contextmanager
@@ -280,9 +258,8 @@ def activation_penalty(output, dropped, alpha, beta):
     return penalty
 
 
-def epoch_loss(losses, train_data, seq_length, windows=None):
-    """Token-weighted mean of the per-window losses (the last window may be shorter)."""
-    windows = windows or data.fixed_windows(train_data, seq_length)
+def epoch_loss(losses, windows):
+    """Token-weighted mean of the per-window losses (windows differ in length)."""
     lengths = torch.tensor([length for _, length in windows]).to(losses.device, losses.dtype)
     return float((losses * lengths).sum() / lengths.sum())
 

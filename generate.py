@@ -11,25 +11,38 @@ import torch
 
 import data
 from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
-from options import (add_device_flags, apply_device_flags, checked_number, non_negative_int, positive_float,
-                     positive_int, seed_value)
+from device import add_device_flags, apply_device_flags
+from options import checked_number, non_negative_int, positive_float, positive_int, seed_value
+
 
 def build_parser():
     parser = argparse.ArgumentParser(
         description='Generate text with a trained LSTM language model',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--seed_text', type=str, default='', help='Words to continue (empty: start a new sentence)')
-    parser.add_argument('--checkpoint', type=str, default='best_model.pt', help='Checkpoint written by demo_tie.py (its --save_path)')
-    parser.add_argument('--num_words', type=positive_int, default=50, help='Number of words to generate')
-    parser.add_argument('--temperature', type=positive_float, default=1.0, help='Sampling temperature: lower is more conservative')
-    parser.add_argument('--top_k', type=non_negative_int, default=0, help='Sample among the k likeliest words only (0: off)')
-    parser.add_argument('--top_p', type=checked_number(float, lambda v: 0 < v <= 1, 'in (0, 1]'), default=1.0, help='Nucleus sampling: the likeliest words whose probabilities add up to p (1.0: off)')
-    parser.add_argument('--num_samples', type=positive_int, default=1, help='Number of continuations')
-    parser.add_argument('--stop_at_eos', action='store_true', help='End each sample at the end of its first sentence')
-    parser.add_argument('--seed', type=seed_value, default=None, help='Random seed: the same seed and flags give the same text')
+    parser.add_argument('--seed_text', type=str, default='',
+                        help='Words to continue (empty: start a new sentence)')
+    parser.add_argument('--checkpoint', type=str, default='best_model.pt',
+                        help='Checkpoint written by demo_tie.py (its --save_path)')
+    parser.add_argument('--num_words', type=positive_int, default=50,
+                        help='Number of words to generate')
+    parser.add_argument('--temperature', type=positive_float, default=1.0,
+                        help='Sampling temperature: lower is more conservative')
+    parser.add_argument('--top_k', type=non_negative_int, default=0,
+                        help='Sample among the k likeliest words only (0: off)')
+    parser.add_argument('--top_p', type=checked_number(float, lambda v: 0 < v <= 1, 'in (0, 1]'),
+                        default=1.0, help='Nucleus sampling: the likeliest words whose '
+                                          'probabilities add up to p (1.0: off)')
+    parser.add_argument('--num_samples', type=positive_int, default=1,
+                        help='Number of continuations')
+    parser.add_argument('--stop_at_eos', action='store_true',
+                        help='End each sample at the end of its first sentence')
+    parser.add_argument('--seed', type=seed_value, default=None,
+                        help='Random seed: the same seed and flags give the same text')
     parser.add_argument('--cuda', action='store_true', help='Use CUDA (same as --device cuda)')
     add_device_flags(parser)
-    parser.add_argument('--amp', action='store_true', help='Run the model under bfloat16 autocast where the trainer\'s --amp would (default: float32)')
+    parser.add_argument('--amp', action='store_true',
+                        help="Run the model under bfloat16 autocast where the trainer's --amp "
+                             'would (default: float32)')
     return parser
 
 

@@ -6,8 +6,16 @@ embedding's (vocab_size x embed_size) when embed_size == hidden_size. Using one 
 both removes vocab_size x hidden_size parameters and usually lowers perplexity.
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
+
+
+def tied_size_problem(tied, embed_size, hidden_size):
+    """Why these sizes cannot be tied ('' when they can): one matrix cannot be both."""
+    if tied and embed_size != hidden_size:
+        return (f'--tied needs --embed_size equal to --hidden_size '
+                f'(got {embed_size} and {hidden_size})')
+    return ''
 
 
 class LSTMLanguageModel(nn.Module):
@@ -28,9 +36,9 @@ class LSTMLanguageModel(nn.Module):
     def __init__(self, vocab_size, embed_size, hidden_size, num_layers, dropout, tied, *,
                  variational=False, dropouti=None, dropouth=None, dropoute=0.0, wdrop=0.0):
         super().__init__()
-        if tied and embed_size != hidden_size:
-            raise ValueError(f'weight tying needs embed_size == hidden_size '
-                             f'(got {embed_size} and {hidden_size})')
+        problem = tied_size_problem(tied, embed_size, hidden_size)
+        if problem:
+            raise ValueError(problem)
         self.dropouti = dropout if dropouti is None else dropouti
         self.dropouth = dropout if dropouth is None else dropouth
         self.dropoute, self.wdrop, self.variational = dropoute, wdrop, variational
@@ -61,8 +69,8 @@ class LSTMLanguageModel(nn.Module):
         after its dropout, for activation regularisation."""
         # Tied, the shared matrix gets a dense gradient from the decoder anyway; the
         # embedding's share touches only this window's rows, so on a CPU it is handed over
-        # sparse and added row by row instead of as a second dense, mostly-zero matrix (same
-        # gradient, about a tenth less time per step at 2x650). On a GPU the dense way costs
+        # sparse and added row by row instead of as a second dense, mostly-zero matrix (the
+        # same gradient, in less time: docs/performance.md). On a GPU the dense way costs
         # microseconds, and sparse gradients would make it wait for the device each step.
         sparse = self.tied and self.sparse_tied_grad and x.device.type == 'cpu'
         emb = F.embedding(x, self.embedding.weight, sparse=sparse)
@@ -86,7 +94,8 @@ class LSTMLanguageModel(nn.Module):
         layer_input, rate, states = emb, self.dropouti, []
         for k, lstm in enumerate(self.lstm):
             layer_input = locked_dropout(layer_input, rate, self.training)
-            layer_input, state = run_lstm(lstm, layer_input, (hidden[0][k:k + 1], hidden[1][k:k + 1]), wdrop)
+            layer_input, state = run_lstm(lstm, layer_input, (hidden[0][k:k + 1],
+                                                              hidden[1][k:k + 1]), wdrop)
             states.append(state)
             rate = self.dropouth
         h, c = zip(*states)
@@ -135,22 +144,3 @@ def count_parameters(model):
 def detach_hidden(hidden):
     """Cut the graph between windows (truncated BPTT) while keeping the state's values."""
     return tuple(h.detach() for h in hidden)
-
-
-def pick_device(name='auto'):
-    """'auto' takes cuda, then mps, then cpu; any other name must be available."""
-    if name == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda')
-        if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
-            return torch.device('mps')
-        return torch.device('cpu')
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f'unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)') from None
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {name} asked for, but CUDA is not available here')
-    if device.type == 'mps' and not torch.backends.mps.is_available():
-        raise ValueError('device mps asked for, but MPS is not available here')
-    return device

@@ -1,16 +1,10 @@
-"""Command-line value types and flags shared by every script (trainer, generator, scorer, bench).
+"""Command-line value types shared by every script (trainer, generator, scorer, bench).
 
 Each type refuses what would fail later, or silently do nothing: argparse then prints a
 one-line message naming the flag, instead of a traceback hours into a run.
 """
 import argparse
 import math
-import sys
-
-import torch
-
-from engine import mixed_precision
-from model import pick_device
 
 
 def checked_number(kind, ok, what):
@@ -33,30 +27,3 @@ probability = checked_number(float, lambda v: 0 <= v < 1, 'a probability in [0, 
 factor = checked_number(float, lambda v: 0 < v < 1, 'a factor in (0, 1)')
 # torch.manual_seed takes at most 64 bits; numpy's seed is taken modulo 2**32.
 seed_value = checked_number(int, lambda v: 0 <= v < 2**63, 'a seed in [0, 2**63)')
-
-
-def add_device_flags(parser):
-    parser.add_argument('--device', type=str, default='auto',
-                        help='auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps')
-    parser.add_argument('--threads', type=positive_int, default=None,
-                        help="CPU threads for PyTorch (default: PyTorch's choice, one per core); "
-                             'lower it when other work shares the machine')
-
-
-def apply_threads(threads):
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def apply_device_flags(parser, args, device_name=None):
-    """What --device, --threads and --amp say for a script that runs a trained model
-    (generate.py, score.py): returns (device, autocast dtype or None)."""
-    try:
-        device = pick_device(device_name or args.device)
-    except ValueError as e:
-        parser.error(str(e))
-    apply_threads(args.threads)
-    autocast_dtype, _, warning = mixed_precision(device, args.amp)
-    if warning:
-        print(f'warning: {warning}', file=sys.stderr)
-    return device, autocast_dtype

@@ -1,7 +1,8 @@
 """Draw validation perplexity against epoch and against training time from demo_tie.py's CSVs.
 
-    python plot.py runs/tied_200.csv runs/untied_200.csv -o docs/tied_vs_untied.png
-    python plot.py docs/ref40.csv docs/regularized.csv --reference -o docs/recipe.png
+    python plot.py runs/tied_200.csv runs/untied_200.csv -o tied_vs_untied.png
+    cd docs/runs && python ../../plot.py ref40/ref40.csv regularized/regularized.csv --reference \
+        -o recipe.png
 
 One line per CSV, labelled with the file's name. Needs matplotlib (pip install matplotlib),
 which nothing else in the project uses.
@@ -47,7 +48,8 @@ def main(argv=None):
         description='Plot validation perplexity curves',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('csv', nargs='+', help='metrics CSVs written by demo_tie.py')
-    parser.add_argument('-o', '--output', default='curves.png', help='image to write (PNG, SVG, PDF)')
+    parser.add_argument('-o', '--output', default='curves.png',
+                        help='image to write (PNG, SVG, PDF)')
     parser.add_argument('--reference', action='store_true',
                         help="mark the reference README's published points (epochs 1, 2 and 40)")
     args = parser.parse_args(argv)

@@ -19,7 +19,8 @@ RECIPES = {
     # their repository's README), kept with the reference's Adam and schedule; not re-tuned
     # for 2x650 here (the README's "Better recipe" says what was measured).
     'regularized': {'variational': True, 'dropout': 0.4, 'dropouti': 0.4, 'dropouth': 0.25,
-                    'dropoute': 0.1, 'wdrop': 0.5, 'alpha': 2.0, 'beta': 1.0, 'variable_bptt': True},
+                    'dropoute': 0.1, 'wdrop': 0.5, 'alpha': 2.0, 'beta': 1.0,
+                    'variable_bptt': True},
 }
 
 # The regularisers that are arguments of the model, with their "off" values. A checkpoint's
@@ -71,7 +72,8 @@ def add_optimizer_flags(parser):
                             'step by step')
     group.add_argument('--warmup', type=non_negative_float, default=0.0, metavar='EPOCHS',
                        help='Raise the learning rate linearly from near 0 to --lr over the first '
-                            'EPOCHS epochs (fractions allowed), step by step, under either schedule')
+                            'EPOCHS epochs (fractions allowed), step by step, under either '
+                            'schedule')
 
 
 def apply_recipe(args, given):

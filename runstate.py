@@ -1,20 +1,9 @@
-"""State that outlives the process: the run's files and their lock, seeds and RNG states, what
-a resume must agree on, the metrics CSV, and the signal handler that lets a run stop at a
-window's edge and continue later.
-
-A run writes three files beside --save_path (best_model.pt by default):
-
-    best_model.pt        the model with the best validation loss
-    best_model.last.pt   everything needed to continue: optimizer, scheduler, RNG states,
-                         the position in the epoch, the data's fingerprint, the run's id
-    best_model.csv       one row of metrics per epoch
-
-and holds an OS lock on best_model.lock while it runs (released by the OS when the process
-ends, however it ends).
+"""What outlives the process, but for the checkpoints' contents (checkpoint.py): the run's
+files and their lock, seeds and RNG states, which flags a resume takes from the checkpoint,
+the metrics CSV, and the signal handler that lets a run stop at a window's edge.
 """
 import csv
 import glob
-import hashlib
 import io
 import os
 import random
@@ -26,8 +15,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from checkpoint import CheckpointError, check_writable, load_checkpoint, write_atomically
-from engine import WeightAverage
+from checkpoint import (
+    NOT_RESUMABLE,
+    CheckpointError,
+    check_writable,
+    damaged,
+    load_last_checkpoint,
+    write_atomically,
+)
 
 try:
     import fcntl
@@ -39,10 +34,11 @@ METRICS_COLUMNS = ['epoch', 'train_loss', 'train_ppl', 'val_loss', 'val_ppl', 'v
 
 
 class RunFiles(NamedTuple):
-    best: str
-    last: str
-    metrics: str
-    lock: str
+    """The files of one run, beside --save_path (best_model.pt by default)."""
+    best: str     # best_model.pt: the model with the best validation loss
+    last: str     # best_model.last.pt: all that --resume needs (checkpoint.last_checkpoint)
+    metrics: str  # best_model.csv: one row of metrics per epoch (MetricsLog)
+    lock: str     # best_model.lock: held while the run lives (hold_lock)
 
     @classmethod
     def beside(cls, save_path):
@@ -84,12 +80,13 @@ _held_locks = []
 
 
 def hold_lock(files):
-    """Take an exclusive OS lock on files.lock for the rest of the process's life. A second trainer on the same --save_path is refused; the
-    OS drops the lock when a process dies, even by kill -9, so no stale lock remains."""
+    """Take an exclusive OS lock on files.lock for the rest of the process's life. A second
+    trainer on the same --save_path is refused; the OS drops the lock when a process dies,
+    even by kill -9, so no stale lock remains."""
     if fcntl is None:
         return
     try:
-        handle = open(files.lock, 'a+')
+        handle = open(files.lock, 'a+')  # noqa: SIM115  held open while the run lives
     except OSError as e:
         raise CheckpointError(f'cannot write {files.lock}: {e.strerror or e}') from None
     try:
@@ -99,7 +96,8 @@ def hold_lock(files):
         holder = handle.read().strip() or 'another process'
         handle.close()
         raise CheckpointError(f'another trainer ({holder}) is writing {files.best} and its '
-                              'companions; wait for it to end, or use another --save_path') from None
+                              'companions; wait for it to end, or use another '
+                              '--save_path') from None
     handle.seek(0)
     handle.truncate()
     handle.write(f'pid {os.getpid()}\n')
@@ -118,7 +116,8 @@ def rng_state():
     _, key, pos, has_gauss, cached = np.random.get_state()
     return {'torch': torch.get_rng_state(),
             'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            'numpy': [torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            'numpy': [torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
+                      float(cached)],
             'random': random.getstate()}
 
 
@@ -132,22 +131,16 @@ def set_rng_state(state):
     random.setstate((version, tuple(internal), gauss))
 
 
-def data_fingerprint(corpus):
-    """A digest of each split's token ids: a resume on other data is refused, naming the split."""
-    return {split: hashlib.sha256(getattr(corpus, split).contiguous().numpy()).hexdigest()
-            for split in ('train', 'valid', 'test')}
-
-
-# ---------------------------------------------------------------------------- what a resume agrees on
+# ------------------------------------------------------------------ what a resume agrees on
 
 # Flags that define the model or the data: on resume they come from the checkpoint, and one
 # given that says otherwise is refused.
 FIXED_ON_RESUME = ('embed_size', 'hidden_size', 'num_layers', 'tied', 'max_vocab', 'min_count',
                    'recipe', 'variational', 'optimizer', 'schedule')
 # Flags that may change on resume: the new value is applied from the next window on, and said.
-CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip', 'dropout',
-                        'dropouti', 'dropouth', 'dropoute', 'wdrop', 'alpha', 'beta', 'nonmono',
-                        'warmup')
+CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patience', 'clip',
+                        'dropout', 'dropouti', 'dropouth', 'dropoute', 'wdrop', 'alpha', 'beta',
+                        'nonmono', 'warmup')
 # Fixed in the middle of an epoch (the position is a window of this layout); free between epochs.
 LAYOUT = ('batch_size', 'seq_length', 'variable_bptt')
 # Flags above added after checkpoints existed, with the value every run before them had: a
@@ -186,75 +179,6 @@ def merge_resume_args(args, given, saved, mid_epoch):
     return changes
 
 
-def check_same_data(ckpt, path, corpus, data_dir):
-    if ckpt['vocab'] != corpus.vocab:
-        raise CheckpointError(f'{path} was trained on another vocabulary than {data_dir} gives '
-                              '(train.txt has changed, or --data_dir is another corpus)')
-    saved = ckpt.get('data_fingerprint')
-    if saved:
-        now = data_fingerprint(corpus)
-        changed = [f'{split}.txt' for split in now if saved.get(split) != now[split]]
-        if changed:
-            raise CheckpointError(f'{", ".join(changed)} in {data_dir} differ from the data this run '
-                                  'started with; resume with the same data, or start a new run')
-
-
-def restore(ckpt, path, model, optimizer, scheduler, scaler, windows_of_epoch, batch_size):
-    """Load a last checkpoint's state; returns (first epoch to run, best validation loss,
-    position in that epoch or None). A checkpoint that loads but does not fit is refused.
-    `windows_of_epoch(epoch)` is the list of an epoch's training windows."""
-    try:
-        model.load_state_dict(ckpt['model_state'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
-        if scaler is not None and ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        set_rng_state(ckpt['rng'])
-        position, epoch, best_val = ckpt['position'], int(ckpt['epoch']), float(ckpt['best_val_loss'])
-        if position is not None:
-            num_layers, hidden_size = model.num_layers, model.hidden_size
-            n_windows = len(windows_of_epoch(epoch))
-            ok = (0 < int(position['window']) < n_windows
-                  and tuple(position['losses'].shape) == (n_windows,)
-                  and len(position['hidden']) == 2
-                  and all(tuple(h.shape) == (num_layers, batch_size, hidden_size) for h in position['hidden'])
-                  and float(position['seconds']) >= 0)
-            if not ok:
-                raise ValueError('its position in the epoch does not fit this model and data')
-        for group in optimizer.param_groups:
-            for p in group['params']:
-                state = optimizer.state.get(p, {})
-                for value in state.values():
-                    if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
-                        raise ValueError('its optimizer state does not fit the model')
-    except NOT_RESUMABLE as e:
-        raise damaged(path, e) from None
-    return epoch + (1 if position is None else 0), best_val, position
-
-
-def restore_averaging(ckpt, path, model):
-    """NT-ASGD's state in a last checkpoint: (every epoch's validation loss so far, the
-    WeightAverage or None before averaging started)."""
-    try:
-        val_losses = [float(v) for v in ckpt.get('val_losses', [])]
-        weight_average = None
-        if ckpt.get('weight_average') is not None:
-            weight_average = WeightAverage(model)
-            weight_average.load_state_dict(ckpt['weight_average'])
-    except NOT_RESUMABLE as e:
-        raise damaged(path, e) from None
-    return val_losses, weight_average
-
-
-NOT_RESUMABLE = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
-
-
-def damaged(path, error):
-    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-    return CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
-                           'another last checkpoint, or start afresh with --overwrite')
-
-
 def claim_save_path(args, given, group):
     """Before anything is read: the run's files, and on resume the checkpoint with the flags
     settled from it. Only the first process checks and locks the files; all read the
@@ -281,10 +205,7 @@ def claim_save_path(args, given, group):
     if args.resume is None:
         return files, None, None, []
     resume_path = args.resume or files.last
-    ckpt = load_checkpoint(resume_path)
-    if 'optimizer' not in ckpt:
-        raise CheckpointError(f'{resume_path} holds a model only; resume from the ".last.pt" '
-                              'checkpoint written beside it')
+    ckpt = load_last_checkpoint(resume_path)
     saved = {**BEFORE_THE_FLAG, **(ckpt.get('args') or {})}
     changes = merge_resume_args(args, given, saved,
                                 mid_epoch=ckpt.get('position') is not None)
@@ -310,15 +231,20 @@ def seed_process(seed, rank):
         seed_everything(seed + 1_000_003 * rank)
 
 
-def restore_random_state(ckpt, group, seed):
-    """Each process's random state as the checkpoint left it. With another number of
-    processes than the checkpoint's: the first process's, fresh streams for the others, and
-    a warning (returned) that the run is no longer bit-identical to an uninterrupted one."""
-    states = ckpt.get('rng_of_processes') or [ckpt['rng']]
-    if len(states) == group.world_size:
-        set_rng_state(states[group.rank])
-        return None
-    set_rng_state(ckpt['rng'])
+def restore_random_state(ckpt, path, group, seed):
+    """Each process's random state as the last checkpoint at `path` left it. With another
+    number of processes than the checkpoint's: the first process's, fresh streams for the
+    others, and a warning (returned) that the run is no longer bit-identical to an
+    uninterrupted one."""
+    try:
+        first = ckpt['rng']
+        states = ckpt.get('rng_of_processes') or [first]
+        if len(states) == group.world_size:
+            set_rng_state(states[group.rank])
+            return None
+        set_rng_state(first)
+    except NOT_RESUMABLE as e:
+        raise damaged(path, e) from None
     seed_process(seed, group.rank)
     return (f'the checkpoint was written by {len(states)} process(es), this job has '
             f'{group.world_size}: training continues correctly, but the dropout masks of processes '
@@ -360,7 +286,8 @@ def read_metrics(path):
         with open(path, encoding='utf-8-sig', newline='') as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f'cannot read the metrics file {path} ({e}); it was left as it is') from None
+        raise CheckpointError(f'cannot read the metrics file {path} ({e}); it was left as '
+                              'it is') from None
     first = text.splitlines()[0] if text.strip() else ''
     delimiter = ';' if first.count(';') > first.count(',') else ','
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
@@ -373,7 +300,8 @@ def read_metrics(path):
     if bad:
         raise CheckpointError(f'{path}, line {bad[0]}: no epoch number; it was left as it is. '
                               'Fix or remove that line to resume')
-    return [{k: (v or '').strip() for k, v in r.items() if k} | {'epoch': int(r['epoch'])} for r in rows]
+    return [{k: (v or '').strip() for k,
+             v in r.items() if k} | {'epoch': int(r['epoch'])} for r in rows]
 
 
 # ---------------------------------------------------------------------------- signals
@@ -391,7 +319,8 @@ class StopRequest:
     def __call__(self, signum, frame):
         if self.immediate or (self.signum is not None and signum == signal.SIGINT):
             sys.stdout.flush()
-            print(f'\n{signal.Signals(signum).name} received: stopped at once', file=sys.stderr, flush=True)
+            print(f'\n{signal.Signals(signum).name} received: stopped at once', file=sys.stderr,
+                  flush=True)
             os._exit(128 + signum)
         self.signum = signum
         print(f'\n{signal.Signals(signum).name} received: stopping after the current window',

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 import data
 from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
+from device import add_device_flags, apply_device_flags
 from engine import perplexity, token_losses
-from options import add_device_flags, apply_device_flags, positive_int
+from options import positive_int
 
 LINES_PER_BATCH = 64  # --independent: lines scored side by side (sorted by length, padded)
 
@@ -40,14 +41,24 @@ def build_parser():
         description='Score text with a trained LSTM language model',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('input', help="Text file to score, one sentence a line ('-' for stdin)")
-    parser.add_argument('--checkpoint', type=str, default='best_model.pt', help='Checkpoint written by demo_tie.py (its --save_path)')
-    parser.add_argument('--batch_size', type=positive_int, default=None, help="Rows the text is laid out in (default: the checkpoint's, as in evaluation; 1: one continuous stream)")
-    parser.add_argument('--seq_length', type=positive_int, default=None, help="Window length (default: the checkpoint's)")
-    parser.add_argument('--independent', action='store_true', help='Score each line on its own, from a fresh hidden state')
-    parser.add_argument('--per_token', action='store_true', help='Write each token\'s log-probability as TSV to stdout (the summary goes to stderr)')
-    parser.add_argument('--json', action='store_true', help='Write everything as one JSON document to stdout')
+    parser.add_argument('--checkpoint', type=str, default='best_model.pt',
+                        help='Checkpoint written by demo_tie.py (its --save_path)')
+    parser.add_argument('--batch_size', type=positive_int, default=None,
+                        help="Rows the text is laid out in (default: the checkpoint's, as in "
+                             'evaluation; 1: one continuous stream)')
+    parser.add_argument('--seq_length', type=positive_int, default=None,
+                        help="Window length (default: the checkpoint's)")
+    parser.add_argument('--independent', action='store_true',
+                        help='Score each line on its own, from a fresh hidden state')
+    parser.add_argument('--per_token', action='store_true',
+                        help="Write each token's log-probability as TSV to stdout (the summary "
+                             'goes to stderr)')
+    parser.add_argument('--json', action='store_true',
+                        help='Write everything as one JSON document to stdout')
     add_device_flags(parser)
-    parser.add_argument('--amp', action='store_true', help="Score under bfloat16 autocast where the trainer's --amp would (default: float32)")
+    parser.add_argument('--amp', action='store_true',
+                        help="Score under bfloat16 autocast where the trainer's --amp would "
+                             '(default: float32)')
     return parser
 
 
@@ -64,7 +75,7 @@ def read_text(path, vocab):
     """Read `path` ('-': stdin) as training reads text and map its words onto `vocab`."""
     name = '<stdin>' if path == '-' else path
     try:
-        f = sys.stdin.buffer if path == '-' else open(path, 'rb')
+        f = sys.stdin.buffer if path == '-' else open(path, 'rb')  # noqa: SIM115  `with f` below
     except OSError as e:
         raise data.DataError(f'cannot read {name}: {e.strerror or e}') from None
     index = {w: i for i, w in enumerate(vocab)}
@@ -121,7 +132,8 @@ def score_independent(model, text, autocast_dtype, device):
             for row, i in enumerate(lines):
                 batch[row, :lengths[i]] = text.stream[starts[i]:starts[i] + lengths[i]]
             batch = batch.to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(device.type, dtype=autocast_dtype,
+                                enabled=autocast_dtype is not None):
                 logits, _ = model(batch[:, :-1], model.init_hidden(len(lines)))
             losses = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:],
                                      reduction='none').double().cpu().numpy()
@@ -156,10 +168,11 @@ def per_line(text, nll, is_sos):
         with np.errstate(invalid='ignore', divide='ignore'):
             return total / count, count
     loss, targets = mean(scored)
-    loss_no_sos, targets_no_sos = mean(scored & ~is_sos)
+    loss_no_sos, _targets_no_sos = mean(scored & ~is_sos)
     return [{'line': text.line_numbers[i], 'words': len(text.words[i]),
-             'targets': int(targets[i]), 'loss': _num(loss[i]), 'ppl': _num(perplexity_or_nan(loss[i])),
-             'loss_no_sos': _num(loss_no_sos[i]), 'ppl_no_sos': _num(perplexity_or_nan(loss_no_sos[i]))}
+             'targets': int(targets[i]), 'loss': _num(loss[i]),
+             'ppl': _num(perplexity_or_nan(loss[i])), 'loss_no_sos': _num(loss_no_sos[i]),
+             'ppl_no_sos': _num(perplexity_or_nan(loss_no_sos[i]))}
             for i in range(n)]
 
 
@@ -187,6 +200,31 @@ def fmt(x, digits=4):
     return 'n/a' if x is None else f'{x:.{digits}f}'
 
 
+def score_text(args, model, text, trained, autocast_dtype):
+    """(layout described, each stream position's loss, Totals) in the layout the flags ask for;
+    `trained`: the checkpoint's training arguments, whose batch size and window are the
+    default layout."""
+    device = next(model.parameters()).device
+    if args.independent:
+        nll = score_independent(model, text, autocast_dtype, device)
+        return ('each line on its own, from a fresh state', nll,
+                totals_from(nll, (text.stream == data.SOS).numpy()))
+    batch_size = args.batch_size or trained.get('batch_size', 1)
+    seq_length = args.seq_length or trained.get('seq_length', 30)
+    if text.stream.numel() < 2 * batch_size:
+        print(f'note: the text is too short for {batch_size} rows; scored as one stream '
+              '(--batch_size 1)', file=sys.stderr)
+        batch_size = 1
+    layout = (f'{batch_size} row{"s" if batch_size > 1 else ""}, windows of {seq_length}, '
+              'state carried across lines'
+              + (' (as the trainer evaluates)' if args.batch_size is None else ''))
+    nll, result = score_carried(model, text.stream, batch_size, seq_length, autocast_dtype, device)
+    totals = Totals(result.sum_all / result.count_all,
+                    result.sum_no_sos / max(1, result.count_no_sos),
+                    result.count_all, result.count_no_sos)
+    return layout, nll, totals
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -203,25 +241,8 @@ def main(argv=None):
         return 1
     data.print_mapping_notes(text.respelled, text.unknown)
 
-    trained = ckpt.get('args') or {}
     is_sos = (text.stream == data.SOS).numpy()
-    if args.independent:
-        layout = 'each line on its own, from a fresh state'
-        nll = score_independent(model, text, autocast_dtype, device)
-        totals = totals_from(nll, is_sos)
-    else:
-        batch_size = args.batch_size or trained.get('batch_size', 1)
-        seq_length = args.seq_length or trained.get('seq_length', 30)
-        if text.stream.numel() < 2 * batch_size:
-            print(f'note: the text is too short for {batch_size} rows; scored as one stream '
-                  '(--batch_size 1)', file=sys.stderr)
-            batch_size = 1
-        layout = (f'{batch_size} row{"s" if batch_size > 1 else ""}, windows of {seq_length}, '
-                  'state carried across lines' + (' (as the trainer evaluates)'
-                                                   if args.batch_size is None else ''))
-        nll, result = score_carried(model, text.stream, batch_size, seq_length, autocast_dtype, device)
-        totals = Totals(result.sum_all / result.count_all, result.sum_no_sos / max(1, result.count_no_sos),
-                        result.count_all, result.count_no_sos)
+    layout, nll, totals = score_text(args, model, text, ckpt.get('args') or {}, autocast_dtype)
     # tokens that the layout leaves out: the first <sos> is never a target, and under
     # --independent no line's <sos> is
     unscored = 0 if args.independent else int(np.isnan(nll).sum()) - 1
@@ -237,7 +258,8 @@ def main(argv=None):
     if args.json:
         document = {**summary, 'per_line': lines}
         if args.per_token:
-            document['per_token'] = [dict(zip(('line', 'position', 'word', 'scored_as', 'logprob'), row))
+            fields = ('line', 'position', 'word', 'scored_as', 'logprob')
+            document['per_token'] = [dict(zip(fields, row))
                                      for row in token_rows(text, nll, vocab)]
         json.dump(document, sys.stdout, indent=1)
         print()
@@ -246,8 +268,8 @@ def main(argv=None):
     if args.per_token:
         print('line\tposition\tword\tscored_as\tlogprob', file=out)
         for line, position, word, scored_as, logprob in token_rows(text, nll, vocab):
-            print(f'{line}\t{position}\t{word}\t{scored_as}\t{"" if logprob is None else f"{logprob:.6f}"}',
-                  file=out)
+            shown = '' if logprob is None else f'{logprob:.6f}'
+            print(f'{line}\t{position}\t{word}\t{scored_as}\t{shown}', file=out)
         out = sys.stderr  # the summary stays out of the TSV
     else:
         print(f'{"line":>6} {"words":>6} {"loss":>8} {"perplexity":>11} {"loss w/o <sos>":>15} '

@@ -39,7 +39,8 @@ def main(argv=None):
         description='Write a synthetic Zipf corpus (train/valid/test.txt)',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--tokens', type=positive_int, required=True, help='Words in train.txt')
-    parser.add_argument('--vocab', type=positive_int, default=30000, help='Distinct words to draw from')
+    parser.add_argument('--vocab', type=positive_int, default=30000,
+                        help='Distinct words to draw from')
     parser.add_argument('--out', required=True, help='Folder to write into')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
@@ -48,7 +49,8 @@ def main(argv=None):
     for split, n in (('train', args.tokens), ('valid', max(1, args.tokens // 20)),
                      ('test', max(1, args.tokens // 20))):
         write_split(os.path.join(args.out, f'{split}.txt'), n, args.vocab, rng)
-    print(f'wrote {args.out}/{{train,valid,test}}.txt: {args.tokens} training words over {args.vocab} word types')
+    print(f'wrote {args.out}/{{train,valid,test}}.txt: {args.tokens} training words over '
+          f'{args.vocab} word types')
     return 0
 
 

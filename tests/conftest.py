@@ -17,7 +17,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import data  # noqa: E402  (from ROOT, just put on the path)
+import data
 
 # A corpus whose next word is always determined: a model that learns it reaches perplexity ~1.
 PATTERN = 'one two three four five six seven eight'
@@ -42,7 +42,8 @@ def pattern_corpus(folder, train_lines=300, eval_lines=40):
 def run_script(script, *args, cwd=None, timeout=300):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
 
 
 def train_tiny(folder, *extra, epochs=3):
@@ -59,7 +60,8 @@ def train_tiny(folder, *extra, epochs=3):
 
 def start_training(folder, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.Popen([sys.executable, str(ROOT / 'demo_tie.py'), '--data_dir', folder / 'corpus',
+    return subprocess.Popen([sys.executable, str(ROOT / 'demo_tie.py'), '--data_dir',
+                             folder / 'corpus',
                              *TINY, '--tied', '--save_path', folder / 'model.pt', *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -90,7 +92,8 @@ def run_whole_and_interrupted(folder, *flags):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert torch.load(folder / 'stopped' / 'model.last.pt', weights_only=True)['position'] is not None
+    assert torch.load(folder / 'stopped' / 'model.last.pt',
+                      weights_only=True)['position'] is not None
     resumed = run_script('demo_tie.py', '--save_path', folder / 'stopped' / 'model.pt',
                          '--data_dir', folder / 'corpus', '--resume')
     assert resumed.returncode == 0, resumed.stderr
@@ -124,8 +127,9 @@ def list_reader(folder):
     if data.UNK not in vocab:
         vocab.append(data.UNK)
     index = {w: i for i, w in enumerate(vocab)}
-    streams = {name: torch.tensor([i for s in sents for i in
-                                   [data.SOS] + [index.get(w, index[data.UNK]) for w in s] + [data.EOS]])
+    unk = index[data.UNK]
+    streams = {name: torch.tensor([i for s in sents
+                                   for i in [data.SOS, *(index.get(w, unk) for w in s), data.EOS]])
                for name, sents in splits.items()}
     return vocab, streams
 

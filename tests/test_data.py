@@ -22,7 +22,8 @@ def test_unk_in_training_text_keeps_its_place(tmp_path):
 def test_each_line_becomes_sos_words_eos(tmp_path):
     write_corpus(tmp_path, 'a b\nc\n')
     corpus = data.load_corpus(tmp_path)
-    assert [corpus.vocab[i] for i in corpus.train] == ['<sos>', 'a', 'b', '<eos>', '<sos>', 'c', '<eos>']
+    assert [corpus.vocab[i] for i in corpus.train] == ['<sos>', 'a', 'b', '<eos>', '<sos>', 'c',
+                                                       '<eos>']
 
 
 def test_words_missing_from_training_become_unk_and_are_counted(tmp_path):
@@ -139,7 +140,8 @@ def test_min_count_and_max_vocab_send_rare_words_to_unk_and_count_them(tmp_path)
     corpus = data.load_corpus(tmp_path, min_count=2)
     assert corpus.vocab == ['<pad>', '<sos>', '<eos>', 'b', 'a', 'c', '<unk>']
     assert corpus.unknown == {'train': 2, 'valid': 2, 'test': 0}  # d e; e f
-    assert [corpus.vocab[i] for i in corpus.train[-7:]] == ['<sos>', '<unk>', 'b', 'a', 'c', '<unk>', '<eos>']
+    assert [corpus.vocab[i] for i in corpus.train[-7:]] == ['<sos>', '<unk>', 'b', 'a', 'c',
+                                                            '<unk>', '<eos>']
 
     capped = data.load_corpus(tmp_path, max_vocab=6)  # 3 specials, <unk> and the 2 most frequent
     assert capped.vocab == ['<pad>', '<sos>', '<eos>', 'b', 'a', '<unk>']

@@ -23,7 +23,8 @@ def torchrun(nproc, *args, popen=False):
     if popen:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env, start_new_session=True)
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
 
 
 def printed(proc, prefix):
@@ -55,12 +56,13 @@ def one_and_two(corpus, tmp_path_factory):
 
 
 def test_two_processes_train_the_model_one_process_trains(one_and_two):
-    folder, one, two = one_and_two
+    folder, _one, _two = one_and_two
     a = torch.load(folder / 'one.last.pt', weights_only=True)
     b = torch.load(folder / 'two.last.pt', weights_only=True)
     losses_one, losses_two = a['window_losses'], b['window_losses']
     assert losses_one.numel() == losses_two.numel() > 10
-    assert torch.allclose(losses_two, losses_one, rtol=1e-5, atol=0), (losses_one - losses_two).abs().max()
+    assert torch.allclose(losses_two, losses_one, rtol=1e-5,
+                          atol=0), (losses_one - losses_two).abs().max()
     # float rounding differs (each process sums its own rows), and two epochs of Adam carry
     # it into the weights: measured up to 6.5e-5 on weights of about 0.5
     for name, weight in a['model_state'].items():
@@ -83,15 +85,17 @@ def test_two_processes_print_what_one_process_prints(one_and_two):
 
 
 def test_checkpoints_of_a_distributed_run_are_plain(one_and_two, corpus):
-    folder, one, _ = one_and_two
+    folder, _one, _ = one_and_two
     state = torch.load(folder / 'two.pt', weights_only=True)['model_state']
     assert not any(k.startswith('module.') for k in state)
-    gen = run_script('generate.py', '--checkpoint', folder / 'two.pt', '--num_words', 5, '--seed', 1)
+    gen = run_script('generate.py', '--checkpoint', folder / 'two.pt', '--num_words', 5, '--seed',
+                     1)
     assert gen.returncode == 0, gen.stderr
     # the same model, evaluated by one process and by two: every token once, the same sums
     evaluated = torchrun(2, '--eval_only', '--data_dir', corpus, '--save_path', folder / 'two.pt',
                          '--device', 'cpu')
-    alone = run_script('demo_tie.py', '--eval_only', '--data_dir', corpus, '--save_path', folder / 'two.pt')
+    alone = run_script('demo_tie.py', '--eval_only', '--data_dir', corpus, '--save_path',
+                       folder / 'two.pt')
     assert evaluated.returncode == 0, evaluated.stderr
     for prefix in ('Validation', 'Test Loss'):
         assert printed(evaluated, prefix) == printed(alone, prefix) != []
@@ -104,7 +108,8 @@ def test_a_batch_the_processes_cannot_share_is_refused(corpus, tmp_path):
     assert '--batch_size 3 cannot be shared by 2 processes; use a multiple of 2' in proc.stderr
 
 
-def test_a_save_path_taken_by_an_earlier_run_ends_every_process_with_one_message(one_and_two, corpus):
+def test_a_save_path_taken_by_an_earlier_run_ends_every_process_with_one_message(one_and_two,
+                                                                                 corpus):
     folder, _, _ = one_and_two
     proc = torchrun(2, '--data_dir', corpus, *FLAGS, '--save_path', folder / 'two.pt')
     assert proc.returncode != 0
@@ -113,7 +118,7 @@ def test_a_save_path_taken_by_an_earlier_run_ends_every_process_with_one_message
 
 
 def test_sigterm_stops_every_process_and_the_run_resumes_exactly(corpus, tmp_path, one_and_two):
-    folder, _, two = one_and_two
+    _folder, _, _two = one_and_two
     big = write_corpus(tmp_path / 'corpus', (corpus / 'train.txt').read_text() * 4,
                        (corpus / 'valid.txt').read_text(), (corpus / 'test.txt').read_text())
     full = torchrun(2, '--data_dir', big, *FLAGS, '--dropout', '0.2', '--epochs', 1,
@@ -149,7 +154,8 @@ def test_a_dead_process_takes_the_job_down(corpus, tmp_path):
         chunk = os.read(proc.stderr.fileno(), 4096)
         assert chunk, 'the run ended before its first epoch'
         seen += chunk
-    workers = subprocess.run(['pgrep', '-P', str(proc.pid)], capture_output=True, text=True).stdout.split()
+    workers = subprocess.run(['pgrep', '-P', str(proc.pid)], capture_output=True,
+                             text=True, check=False).stdout.split()
     assert len(workers) == 2
     os.kill(int(max(workers, key=int)), signal.SIGKILL)
     _, err = proc.communicate(timeout=120)  # the survivor is not left waiting for ever
@@ -158,7 +164,8 @@ def test_a_dead_process_takes_the_job_down(corpus, tmp_path):
 
 
 def test_the_nan_guard_stops_every_process(corpus, tmp_path):
-    proc = torchrun(2, '--data_dir', corpus, *FLAGS, '--lr', '1e30', '--clip', '1e30', '--epochs', 2,
+    proc = torchrun(2, '--data_dir', corpus, *FLAGS, '--lr', '1e30', '--clip', '1e30', '--epochs',
+                    2,
                     '--save_path', tmp_path / 'm.pt')
     assert proc.returncode != 0
     assert proc.stderr.count('error: the training loss became NaN or infinite in epoch 1') == 1
@@ -169,7 +176,8 @@ def test_the_regularized_recipe_trains_the_same_under_two_processes(corpus, tmp_
     random masks off (each process draws its own): two processes train what one trains."""
     preset = ['--recipe', 'regularized', '--dropouti', '0', '--dropouth', '0', '--dropoute', '0',
               '--wdrop', '0', '--epochs', 1]
-    one = run_script('demo_tie.py', '--data_dir', corpus, *FLAGS, *preset, '--save_path', tmp_path / 'one.pt')
+    one = run_script('demo_tie.py', '--data_dir', corpus, *FLAGS, *preset, '--save_path',
+                     tmp_path / 'one.pt')
     two = torchrun(2, '--data_dir', corpus, *FLAGS, *preset, '--save_path', tmp_path / 'two.pt')
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr

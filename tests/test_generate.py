@@ -54,7 +54,7 @@ def test_stop_at_eos_ends_the_sample_with_the_sentence(trained):
 
 def test_several_samples_are_numbered(trained):
     proc = gen(trained, '--num_words', '5', '--num_samples', '3', '--seed', '0')
-    assert re.findall(r'^--- sample (\d) of 3 ---$', proc.stdout, re.M) == ['1', '2', '3']
+    assert re.findall(r'^--- sample (\d) of 3 ---$', proc.stdout, re.MULTILINE) == ['1', '2', '3']
 
 
 def test_unknown_seed_words_are_reported_and_not_respelled_for_a_non_ptb_vocabulary(trained):
@@ -70,7 +70,8 @@ def test_numbers_and_capitals_map_to_ptb_spelling_for_a_ptb_style_vocabulary():
     vocab = ['<pad>', '<sos>', '<eos>', '<unk>', 'N', 'the', 'N-year']
     assert data.is_ptb_style(vocab)
     index = {w: i for i, w in enumerate(vocab)}
-    ids, respelled, unknown = data.map_words(['The', '1990', '3.5', '10-year', 'xyz'], index, respell=True)
+    ids, respelled, unknown = data.map_words(['The', '1990', '3.5', '10-year', 'xyz'], index,
+                                             respell=True)
     assert ids == [5, 4, 4, 6, 3]
     assert respelled == [('The', 'the'), ('1990', 'N'), ('3.5', 'N'), ('10-year', 'N-year')]
     assert unknown == ['xyz']
@@ -114,7 +115,8 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 ])
 def test_bad_flags_fail_cleanly(trained, args, message):
     proc = gen(trained, *args)
-    assert proc.returncode == 2 and re.search(message, proc.stderr) and 'Traceback' not in proc.stderr
+    assert proc.returncode == 2 and re.search(message,
+                                              proc.stderr) and 'Traceback' not in proc.stderr
 
 
 def test_missing_checkpoint_fails_cleanly(tmp_path):
@@ -124,6 +126,7 @@ def test_missing_checkpoint_fails_cleanly(tmp_path):
 
 
 def test_a_tiny_temperature_samples_the_likeliest_word(trained):
-    proc = gen(trained, '--seed_text', 'six', '--num_words', '3', '--temperature', '1e-300', '--seed', '0')
+    proc = gen(trained, '--seed_text', 'six', '--num_words', '3', '--temperature', '1e-300',
+               '--seed', '0')
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ['six', 'seven', 'eight', 'one']

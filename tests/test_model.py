@@ -47,7 +47,7 @@ def test_tied_weights_stay_one_through_training_steps():
 
 
 def test_tying_needs_equal_sizes():
-    with pytest.raises(ValueError, match='embed_size == hidden_size'):
+    with pytest.raises(ValueError, match='--embed_size equal to --hidden_size'):
         LSTMLanguageModel(10, 8, 16, 1, 0.0, True)
 
 

@@ -3,6 +3,7 @@ the mean of the weights from the epoch NT-ASGD's trigger picks), and the learnin
 schedules (--schedule cosine, --warmup)."""
 import copy
 import csv
+import itertools
 import math
 import random
 
@@ -11,10 +12,21 @@ import torch
 
 import data
 from checkpoint import build_model
-from conftest import (printed_test_lines, run_script, run_whole_and_interrupted, states_equal,
-                      write_corpus)
-from engine import (WeightAverage, averaging_should_start, evaluate, train_epoch,
-                    window_lr_factors)
+from conftest import (
+    printed_test_lines,
+    run_script,
+    run_whole_and_interrupted,
+    states_equal,
+    write_corpus,
+)
+from engine import (
+    Stepping,
+    WeightAverage,
+    averaging_should_start,
+    evaluate,
+    train_epoch,
+    window_lr_factors,
+)
 from model import LSTMLanguageModel
 
 SMALL = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '2', '--batch_size', '4',
@@ -35,8 +47,10 @@ def test_the_weight_average_is_the_mean_of_the_weights_after_each_step():
     sgd = torch.optim.SGD(model.parameters(), lr=0.5, weight_decay=1e-4)
     average = WeightAverage(model)
     after_each_step = []
-    train_epoch(model, stream, sgd, 6, 5.0, weight_average=average,
-                on_window=lambda k, loss: after_each_step.append(copy.deepcopy(dict(model.named_parameters()))))
+    train_epoch(model, stream, data.fixed_windows(stream, 6),
+                Stepping(sgd, clip=5.0, weight_average=average),
+                on_window=lambda k, loss: after_each_step.append(
+                    copy.deepcopy(dict(model.named_parameters()))))
     assert average.count == len(after_each_step) == len(data.fixed_windows(stream, 6)) == 10
     for name, p in model.named_parameters():
         mean = torch.stack([weights[name].detach() for weights in after_each_step]).mean(0)
@@ -123,7 +137,8 @@ def test_ntasgd_averages_from_the_epoch_its_trigger_picks_and_resumes_exactly(tm
 
 
 def test_sgd_needs_a_learning_rate_of_its_own(tmp_path):
-    proc = run_script('demo_tie.py', '--optimizer', 'sgd', '--tied', '--save_path', tmp_path / 'm.pt')
+    proc = run_script('demo_tie.py', '--optimizer', 'sgd', '--tied', '--save_path',
+                      tmp_path / 'm.pt')
     assert proc.returncode == 2
     assert '--optimizer sgd needs an --lr' in proc.stderr and 'Traceback' not in proc.stderr
 
@@ -147,7 +162,8 @@ def test_a_damaged_weight_average_is_refused_on_resume(tmp_path, overfitting_cor
     name = next(iter(ckpt['weight_average']['mean']))
     ckpt['weight_average']['mean'][name] = torch.zeros(3)
     torch.save(ckpt, tmp_path / 'm.last.pt')
-    refused = run_script('demo_tie.py', '--resume', '--epochs', '5', '--data_dir', overfitting_corpus,
+    refused = run_script('demo_tie.py', '--resume', '--epochs', '5', '--data_dir',
+                         overfitting_corpus,
                          '--save_path', tmp_path / 'm.pt')
     assert refused.returncode == 1 and 'is damaged' in refused.stderr, refused.stderr
     assert 'Traceback' not in refused.stderr
@@ -166,7 +182,7 @@ def test_warm_up_rises_linearly_and_cosine_falls_from_one_towards_zero():
     assert first[0] == 1.0 and first[2] == pytest.approx(0.853553, abs=1e-6)
     assert second[0] == pytest.approx(0.5)
     steps = first + second
-    assert all(a > b for a, b in zip(steps, steps[1:])) and steps[-1] > 0
+    assert all(a > b for a, b in itertools.pairwise(steps)) and steps[-1] > 0
     # both, and variable-length windows on top: a window of 6 takes 6/4 of its factor
     both = window_lr_factors([(0, 6), (6, 2)], 4, epoch=1, epochs=2, schedule='cosine', warmup=1,
                              by_length=True)
@@ -180,7 +196,8 @@ def test_each_step_takes_its_windows_learning_rate_factor():
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     seen = []
     sgd.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]['lr']))
-    train_epoch(model, stream, sgd, 6, 5.0, lr_factors=[0.5, 1.0, 0.25, 2.0])
+    train_epoch(model, stream, data.fixed_windows(stream, 6), Stepping(sgd, clip=5.0),
+                lr_factors=[0.5, 1.0, 0.25, 2.0])
     assert seen == pytest.approx([0.05, 0.1, 0.025, 0.2])
     assert sgd.param_groups[0]['lr'] == 0.1  # the optimizer's own rate is left as it was
 

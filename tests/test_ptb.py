@@ -30,7 +30,8 @@ def test_token_counts_are_words_plus_sos_and_eos_per_line(ptb):
 
 
 def test_parameter_counts_of_the_reference_model(ptb):
-    sizes = dict(vocab_size=len(ptb.vocab), embed_size=650, hidden_size=650, num_layers=2, dropout=0.5)
+    sizes = {'vocab_size': len(ptb.vocab), 'embed_size': 650, 'hidden_size': 650, 'num_layers': 2,
+                 'dropout': 0.5}
     assert count_parameters(LSTMLanguageModel(**sizes, tied=True)) == 13281702
     assert count_parameters(LSTMLanguageModel(**sizes, tied=False)) == 19783002
 

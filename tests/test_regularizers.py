@@ -8,12 +8,17 @@ import torch
 import torch.nn.functional as F
 
 import data
-from conftest import (printed_test_lines, run_script, run_whole_and_interrupted, states_equal,
-                      train_tiny)
-from engine import activation_penalty, train_epoch, window_lr_factors
+from conftest import (
+    printed_test_lines,
+    run_script,
+    run_whole_and_interrupted,
+    states_equal,
+    train_tiny,
+)
+from engine import Stepping, activation_penalty, train_epoch, window_lr_factors
 from model import LSTMLanguageModel, count_parameters, locked_dropout, run_lstm, word_mask
 
-REGULARIZED = dict(variational=True, dropouti=0.4, dropouth=0.3, dropoute=0.1, wdrop=0.5)
+REGULARIZED = {'variational': True, 'dropouti': 0.4, 'dropouth': 0.3, 'dropoute': 0.1, 'wdrop': 0.5}
 
 
 def test_locked_dropout_keeps_one_mask_per_sequence_across_time():
@@ -103,7 +108,7 @@ def test_a_variable_window_steps_with_the_learning_rate_scaled_by_its_length():
     logits, _ = reference(x, reference.init_hidden(3))
     F.cross_entropy(logits.reshape(-1, 20), y.reshape(-1)).backward()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_epoch(model, stream, optimizer, 8, clip=1e9, windows=[(0, 12)],
+    train_epoch(model, stream, [(0, 12)], Stepping(optimizer, clip=1e9),
                 lr_factors=window_lr_factors([(0, 12)], 8, epoch=1, epochs=1, by_length=True))
     assert optimizer.param_groups[0]['lr'] == 0.1
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
@@ -163,7 +168,8 @@ def test_the_preset_trains_resumes_evaluates_and_generates(tmp_path):
     assert 'Recipe regularized: --variational --dropout 0.1' in resumed.stdout
     vals = [float(line.split('Validation Perplexity: ')[1].split(',')[0])
             for line in (proc.stdout + resumed.stdout).splitlines() if line.startswith('Epoch:')]
-    assert len(vals) == 4 and vals[-1] < min(vals[0], 1.2), vals  # it learns the pattern corpus (12 words)
+    assert len(vals) == 4 and vals[-1] < min(vals[0],
+                                             1.2), vals  # it learns the pattern corpus (12 words)
 
     refused = run_script('demo_tie.py', '--save_path', save, '--data_dir', tmp_path / 'corpus',
                          '--resume', '--recipe', 'reference', '--epochs', '5')
@@ -195,7 +201,8 @@ def test_a_preset_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path):
     assert states_equal(tmp_path / 'stopped' / 'model.last.pt', tmp_path / 'model.last.pt')
 
 
-@pytest.mark.parametrize('field, value', [('dropouti', 'x'), ('wdrop', 1.5), ('variational', 'yes')])
+@pytest.mark.parametrize('field, value', [('dropouti', 'x'), ('wdrop', 1.5), ('variational',
+                                                                              'yes')])
 def test_a_checkpoint_with_a_bad_regulariser_is_called_damaged(tmp_path, trained, field, value):
     ckpt = torch.load(trained['checkpoint'], weights_only=True)
     ckpt['model_args'][field] = value

@@ -10,8 +10,17 @@ import pytest
 import torch
 
 import demo_tie
-from conftest import (TINY, copy_run, pattern_corpus, printed_test_lines, run_script,
-                      start_training, states_equal, train_tiny, wait_for_training)
+from conftest import (
+    TINY,
+    copy_run,
+    pattern_corpus,
+    printed_test_lines,
+    run_script,
+    start_training,
+    states_equal,
+    train_tiny,
+    wait_for_training,
+)
 
 
 def csv_epochs(path):
@@ -85,7 +94,8 @@ def test_nan_loss_stops_with_advice_and_leaves_the_best_checkpoint_alone(tmp_pat
     before = save.read_bytes()
     proc, _ = train_tiny(tmp_path, '--resume', '--lr', '1e30', '--clip', '1e30', epochs=2)
     assert proc.returncode == 1
-    assert re.search(r'NaN or infinite in epoch 2, window \d+ of \d+; try a lower --lr', proc.stderr)
+    assert re.search(r'NaN or infinite in epoch 2, window \d+ of \d+; try a lower --lr',
+                     proc.stderr)
     assert 'Traceback' not in proc.stderr
     assert save.read_bytes() == before
 
@@ -144,12 +154,14 @@ def test_resume_refuses_a_best_model_checkpoint_and_other_settings(tmp_path, tra
     proc = run_script('demo_tie.py', *common, *TINY, '--resume', trained['checkpoint'])
     assert proc.returncode == 1 and 'holds a model only' in proc.stderr
     other = [a if a != '16' else '24' for a in TINY]
-    proc = run_script('demo_tie.py', *common, *other, '--resume', trained['folder'] / 'model.last.pt')
+    proc = run_script('demo_tie.py', *common, *other, '--resume',
+                      trained['folder'] / 'model.last.pt')
     assert proc.returncode == 1
     assert 'made with --embed_size 16, --hidden_size 16; leave these flags out' in proc.stderr
 
 
-def test_failed_write_at_end_of_epoch_keeps_the_previous_checkpoints(tmp_path, monkeypatch, capsys, one_epoch):
+def test_failed_write_at_end_of_epoch_keeps_the_previous_checkpoints(tmp_path, monkeypatch, capsys,
+                                                                     one_epoch):
     save = copy_run(one_epoch, tmp_path)
     last = tmp_path / 'model.last.pt'
     before = {p: p.read_bytes() for p in (save, last)}
@@ -161,17 +173,20 @@ def test_failed_write_at_end_of_epoch_keeps_the_previous_checkpoints(tmp_path, m
         raise OSError(28, 'No space left on device')
 
     monkeypatch.setattr(torch, 'save', disk_full)
-    status = demo_tie.main(['--data_dir', str(tmp_path / 'corpus'), *TINY, '--tied', '--epochs', '2',
+    status = demo_tie.main(['--data_dir', str(tmp_path / 'corpus'), *TINY, '--tied', '--epochs',
+                            '2',
                             '--save_path', str(save), '--resume'])
     err = capsys.readouterr().err
     assert status == 1
     assert f'could not write {save}: No space left on device' in err, err
     assert 'resume with: python demo_tie.py' in err
     assert {p: p.read_bytes() for p in (save, last)} == before
-    assert sorted(os.listdir(tmp_path)) == ['corpus', 'model.csv', 'model.last.pt', 'model.lock', 'model.pt']
+    assert sorted(os.listdir(tmp_path)) == ['corpus', 'model.csv', 'model.last.pt', 'model.lock',
+                                            'model.pt']
 
 
-def test_ctrl_c_before_any_epoch_ends_saves_and_exits_130_with_the_resume_hint(tmp_path, long_corpus):
+def test_ctrl_c_before_any_epoch_ends_saves_and_exits_130_with_the_resume_hint(tmp_path,
+                                                                               long_corpus):
     os.symlink(long_corpus[0] / 'corpus', tmp_path / 'corpus')
     proc = start_training(tmp_path, '--epochs', '3')
     wait_for_training(proc)

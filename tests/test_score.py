@@ -14,8 +14,9 @@ def score(trained, *args, stdin=None):
 
 
 def totals(text):
-    loss = re.search(r'^Loss: (\d+\.\d{4}), Perplexity: (\d+\.\d{4})', text, re.M)
-    no_sos = re.search(r'^Loss without <sos>: (\d+\.\d{4}), Perplexity without <sos>: (\d+\.\d{4})', text, re.M)
+    loss = re.search(r'^Loss: (\d+\.\d{4}), Perplexity: (\d+\.\d{4})', text, re.MULTILINE)
+    no_sos = re.search(r'^Loss without <sos>: (\d+\.\d{4}), Perplexity without <sos>: '
+                       r'(\d+\.\d{4})', text, re.MULTILINE)
     return loss.groups(), no_sos.groups()
 
 
@@ -23,7 +24,8 @@ def test_scoring_the_test_file_repeats_the_trainers_test_lines(trained):
     proc = score(trained, trained['corpus'] / 'test.txt')
     assert proc.returncode == 0, proc.stderr
     test = re.search(r'^Test Loss: (\S+), Test Perplexity: (\S+)\nTest Loss without <sos>: (\S+), '
-                     r'Test Perplexity without <sos>: (\S+) ', trained['proc'].stdout, re.M).groups()
+                     r'Test Perplexity without <sos>: (\S+) ', trained['proc'].stdout,
+                     re.MULTILINE).groups()
     (loss, ppl), (loss_no_sos, ppl_no_sos) = totals(proc.stdout)
     assert (loss, ppl, loss_no_sos, ppl_no_sos) == (test[0], test[1].rstrip(','), test[2], test[3])
     assert 'as the trainer evaluates' in proc.stdout
@@ -40,13 +42,15 @@ def test_per_token_log_probabilities_add_up_to_the_totals(trained, tmp_path):
         assert [r['word'] for r in rows if r['line'] == 4] == ['<sos>', 'three', 'four', '<eos>']
         scored = [r for r in rows if r['logprob'] is not None]
         words = [r for r in scored if r['word'] != '<sos>']
-        assert -math.fsum(r['logprob'] for r in scored) == pytest.approx(doc['loss'] * doc['targets'], rel=1e-6)
+        assert -math.fsum(r['logprob'] for r in scored) == pytest.approx(
+            doc['loss'] * doc['targets'], rel=1e-6)
         assert -math.fsum(r['logprob'] for r in words) == pytest.approx(
             doc['loss_no_sos'] * doc['targets_no_sos'], rel=1e-6)
         assert len(scored) == doc['targets']
     # one continuous stream scores every token but the very first <sos>; independent lines
     # score every word and <eos> of every line
-    one_stream = json.loads(score(trained, text, '--per_token', '--json', '--batch_size', '1').stdout)
+    one_stream = json.loads(score(trained, text, '--per_token', '--json', '--batch_size',
+                                  '1').stdout)
     assert [r['logprob'] is None for r in one_stream['per_token']].count(True) == 1
     independent = json.loads(score(trained, text, '--per_token', '--json', '--independent').stdout)
     assert all((r['logprob'] is None) == (r['word'] == '<sos>') for r in independent['per_token'])
@@ -62,7 +66,8 @@ def test_per_token_tsv_has_a_row_for_every_token(trained, tmp_path):
     assert [l.split('\t')[2] for l in lines[1:]] == ['<sos>', 'one', 'two', 'three', '<eos>',
                                                      '<sos>', 'four', 'five', '<eos>']
     assert all(float(l.split('\t')[4]) <= 0 for l in lines[2:])
-    assert 'Perplexity' in proc.stderr and 'Perplexity' not in proc.stdout  # summary kept out of the TSV
+    # the summary is kept out of the TSV
+    assert 'Perplexity' in proc.stderr and 'Perplexity' not in proc.stdout
 
 
 def test_a_line_scored_independently_is_scored_as_if_alone(trained, tmp_path):
@@ -96,9 +101,12 @@ def test_out_of_vocabulary_words_are_reported_and_scored_as_unk(trained, tmp_pat
 def test_stdin_is_read_with_a_dash(trained):
     import subprocess
     import sys
+
     from conftest import ROOT
-    proc = subprocess.run([sys.executable, str(ROOT / 'score.py'), '--checkpoint', trained['checkpoint'], '-'],
-                          input='one two three\n', capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(ROOT / 'score.py'), '--checkpoint',
+                           trained['checkpoint'], '-'],
+                          input='one two three\n', capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     assert 'note: the text is too short for 4 rows' in proc.stderr
     assert totals(proc.stdout)

@@ -10,9 +10,10 @@ import torch
 import data
 from bench import example_train
 from conftest import run_script, train_tiny
-from engine import cpu_has_native_bfloat16, make_optimizer, train_epoch
-from runstate import seed_everything
+from device import cpu_has_native_bfloat16
+from engine import Stepping, make_optimizer, train_epoch
 from model import LSTMLanguageModel
+from runstate import seed_everything
 
 
 @pytest.mark.parametrize('tied', [True, False])
@@ -26,7 +27,8 @@ def test_optimised_loop_gives_the_losses_of_the_plain_loop(tied):
     plain_opt = torch.optim.Adam(plain.parameters(), lr=0.01, weight_decay=1e-5, foreach=True)
 
     torch.manual_seed(7)  # the same dropout masks for both
-    fast_losses = train_epoch(fast, batched, fast_opt, 6, 0.5).losses.tolist()
+    fast_losses = train_epoch(fast, batched, data.fixed_windows(batched, 6),
+                              Stepping(fast_opt, clip=0.5)).losses.tolist()
     torch.manual_seed(7)
     plain_losses = example_train(plain, batched, plain_opt, 6, 0.5)
 
@@ -71,13 +73,17 @@ def test_bfloat16_autocast_losses_stay_close_to_float32():
     reference = LSTMLanguageModel(23, 32, 32, 2, 0.0, True)
     amp = copy.deepcopy(reference)
     losses = {}
-    onednn = contextlib.nullcontext() if cpu_has_native_bfloat16() else torch.backends.mkldnn.flags(enabled=False)
+    onednn = (contextlib.nullcontext() if cpu_has_native_bfloat16()
+              else torch.backends.mkldnn.flags(enabled=False))
     with onednn:
         for name, model, dtype in (('float32', reference, None), ('bfloat16', amp, torch.bfloat16)):
             opt = make_optimizer(model, 0.01, 1e-5)
-            losses[name] = train_epoch(model, batched, opt, 12, 0.5, autocast_dtype=dtype).losses.tolist()
+            losses[name] = train_epoch(model, batched, data.fixed_windows(batched, 12),
+                                       Stepping(opt, clip=0.5,
+                                                autocast_dtype=dtype)).losses.tolist()
             assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights
-    assert losses['float32'][-1] < losses['float32'][0] - 0.1  # it learns, so the check means something
+    # it learns, so the check means something
+    assert losses['float32'][-1] < losses['float32'][0] - 0.1
     assert losses['bfloat16'] == pytest.approx(losses['float32'], rel=0.01)
     assert losses['bfloat16'] != losses['float32']  # autocast did change the arithmetic
 
@@ -86,16 +92,20 @@ def test_bench_prints_its_table_and_json(tmp_path):
     out = tmp_path / 'bench.json'
     proc = run_script('bench.py', '--embed_size', '16', '--hidden_size', '16', '--num_layers', '1',
                       '--batch_size', '4', '--seq_length', '5', '--windows', '3', '--repeats', '2',
-                      '--warmup', '0', '--gen_words', '5', '--compare_example', '--json', out, '--amp')
+                      '--warmup', '0', '--gen_words', '5', '--compare_example', '--json', out,
+                      '--amp')
     assert proc.returncode == 0, proc.stderr
-    amp_rows = {'train (bfloat16 autocast)', 'evaluate (bfloat16 autocast)', 'generate (bfloat16 autocast)'}
+    amp_rows = {'train (bfloat16 autocast)', 'evaluate (bfloat16 autocast)',
+                'generate (bfloat16 autocast)'}
     if cpu_has_native_bfloat16():
         assert all(row in proc.stdout for row in amp_rows)
     else:
         assert 'no native bfloat16' in proc.stderr and 'autocast' not in proc.stdout
         amp_rows = set()
-    for row in ('train ', 'train (word_language_model loop)', 'evaluate', 'generate', 'peak memory'):
+    for row in ('train ', 'train (word_language_model loop)', 'evaluate', 'generate',
+                'peak memory'):
         assert row in proc.stdout
     result = json.loads(out.read_text())
-    assert set(result['results']) == {'train', 'train (word_language_model loop)', 'evaluate', 'generate'} | amp_rows
+    assert set(result['results']) == {'train', 'train (word_language_model loop)', 'evaluate',
+                                      'generate'} | amp_rows
     assert all(r['median'] > 0 for r in result['results'].values())

@@ -16,9 +16,9 @@ def test_training_prints_the_reference_lines_and_learns_a_predictable_corpus(tra
     assert lines[0] == 'Using device: cpu'
     assert lines[1] == 'Vocabulary size: 12'  # 3 specials, <unk>, 8 words
     assert lines[2] == 'LSTMLanguageModel('
-    assert re.search(r'^Total parameters: \d+\n\n', out, re.M)
+    assert re.search(r'^Total parameters: \d+\n\n', out, re.MULTILINE)
     epochs = re.findall(r'^Epoch: (\d+), Validation Loss: (\d+\.\d{4}), Validation Perplexity: '
-                        r'(\d+\.\d{4}), Time: \d+m \d+s$', out, re.M)
+                        r'(\d+\.\d{4}), Time: \d+m \d+s$', out, re.MULTILINE)
     assert [e[0] for e in epochs] == ['1', '2', '3']
     assert out.count('current lr: [0.01]') == 3
     assert 'Best model saved with Perplexity: ' in out
@@ -82,11 +82,13 @@ def fails(proc, message):
                                         ('--lr', '0'), ('--lr', 'nan'), ('--clip', '-1'),
                                         ('--lr_factor', '1.5'), ('--device', 'tpu')])
 def test_bad_flag_values_are_usage_errors(flag, value, tmp_path):
-    fails(run_script('demo_tie.py', flag, value, '--data_dir', tmp_path), f'argument {flag}|{value}')
+    fails(run_script('demo_tie.py', flag, value, '--data_dir', tmp_path),
+          f'argument {flag}|{value}')
 
 
 def test_missing_data_folder_says_run_getdata(tmp_path):
-    fails(run_script('demo_tie.py', '--data_dir', tmp_path / 'nope', '--save_path', tmp_path / 'm.pt'),
+    fails(run_script('demo_tie.py', '--data_dir', tmp_path / 'nope', '--save_path',
+                     tmp_path / 'm.pt'),
           r'data folder not found: .*nope.*bash getdata\.sh')
 
 
@@ -140,6 +142,7 @@ def test_vocabulary_options_print_how_many_training_words_became_unk(tmp_path):
                       '--min_count', '2', '--save_path', tmp_path / 'm.pt')
     assert proc.returncode == 0, proc.stderr
     assert 'Vocabulary size: 12' in proc.stdout  # the 8 pattern words, 3 specials, <unk>
-    assert re.search(r'Words not in the vocabulary, read as <unk>: train 3 \(0\.\d+% of its tokens\)', proc.stdout)
+    assert re.search(r'Words not in the vocabulary, read as <unk>: train 3 \(0\.\d+% of its '
+                     r'tokens\)', proc.stdout)
     vocab = torch.load(tmp_path / 'm.pt', weights_only=True)['vocab']
     assert 'rare' not in vocab and '<unk>' in vocab
