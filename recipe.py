@@ -17,7 +17,7 @@ RECIPES = {
     'reference': {},
     # AWD-LSTM's published Penn Treebank settings (Merity et al. 2017, and the command in
     # their repository's README), kept with the reference's Adam and schedule; not re-tuned
-    # for 2x650 here (the README's "Better recipe" says what was measured).
+    # for 2x650 here (docs/results.md says what was measured).
     'regularized': {'variational': True, 'dropout': 0.4, 'dropouti': 0.4, 'dropouth': 0.25,
                     'dropoute': 0.1, 'wdrop': 0.5, 'alpha': 2.0, 'beta': 1.0,
                     'variable_bptt': True},
