@@ -274,13 +274,14 @@ class TokenLosses(NamedTuple):
 
 @torch.no_grad()
 def token_losses(model, batched, seq_length, *, forward=None, autocast_dtype=None,
-                 keep_tokens=False, on_window=lambda k: None, add_across=None):
+                 keep_tokens=False, on_window=lambda k: None, add_across=None, scorer=None):
     """Cross-entropy of every target of `batched` (batch, steps), each scored once, with the
     hidden state carried across windows. The sums are kept on the device in float64 (float32
     on MPS, which has no float64), so that splitting the rows among processes
     (`add_across` adds their sums) or the windows differently gives the same figure to the
     last printed digit. With keep_tokens, also each target's loss, laid out like
-    `batched[:, 1:]`."""
+    `batched[:, 1:]`. A `scorer(x, y, hidden) -> (loss of each target, hidden)` replaces the
+    model's plain forward (adapt.py's cache and dynamic evaluation)."""
     forward = model if forward is None else forward
     model.eval()
     device = batched.device
@@ -290,10 +291,14 @@ def token_losses(model, batched, seq_length, *, forward=None, autocast_dtype=Non
     hidden = model.init_hidden(batched.size(0))
     for k, start in enumerate(data.window_starts(batched, seq_length)):
         x, y = data.get_window(batched, start, seq_length)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits, hidden = forward(x, hidden)
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
-                              reduction='none')
+        if scorer is not None:
+            nll, hidden = scorer(x, y, hidden)
+        else:
+            with torch.autocast(device.type, dtype=autocast_dtype,
+                                enabled=autocast_dtype is not None):
+                logits, hidden = forward(x, hidden)
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+                                  reduction='none')
         totals[0] += nll.sum(dtype=dtype)
         # masked_fill, not boolean indexing, which would make the CPU wait for the GPU
         totals[1] += nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum(dtype=dtype)

@@ -15,10 +15,17 @@ the vocabulary lacks is scored as `<unk>`. Three layouts:
                       not scored (as in training).
     --batch_size 1    one continuous stream: every token but the very first is scored.
     --independent     each line on its own, from a fresh state: nothing before it counts.
+
+Two methods adapt the scores to the text read so far (adapt.py), reading it as one stream:
+
+    python score.py --checkpoint best_model.pt --cache test.txt
+    python score.py --checkpoint best_model.pt --dynamic test.txt
+    python score.py --checkpoint best_model.pt --cache --dynamic --tune valid.txt test.txt
 """
 import argparse
 import json
 import math
+import os
 import sys
 from typing import NamedTuple
 
@@ -28,12 +35,26 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+from adapt import (
+    DynamicEval,
+    NeuralCache,
+    adaptive_scorer,
+    cudnn_backward_in_eval,
+    gradient_rms,
+    replay_cache,
+)
 from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
 from device import add_device_flags, apply_device_flags
 from engine import perplexity, token_losses
-from options import positive_int
+from options import checked_number, non_negative_float, non_negative_int, positive_int
 
 LINES_PER_BATCH = 64  # --independent: lines scored side by side (sorted by length, padded)
+# --tune's grids: the dynamic evaluation's rate first (at the decay given), then its decay at
+# the best rate, then the cache's (theta, lambda) pairs over that adapting model
+DYNAMIC_LRS = (3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
+DYNAMIC_DECAYS = (0.0, 1e-3, 1e-2)
+CACHE_THETAS = (0.1, 0.3, 0.6, 1.0)
+CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
 
 
 def build_parser():
@@ -59,7 +80,38 @@ def build_parser():
     parser.add_argument('--amp', action='store_true',
                         help="Score under bfloat16 autocast where the trainer's --amp would "
                              '(default: float32)')
+    add_adaptive_flags(parser)
     return parser
+
+
+def add_adaptive_flags(parser):
+    group = parser.add_argument_group(
+        'scores that adapt to the text (one stream; defaults tuned with --tune on PTB valid.txt '
+        'for the tied 2x200 model of docs/results.md)')
+    add = group.add_argument
+    add('--cache', action='store_true',
+        help='Neural cache (Grave et al. 2017) over the last LSTM layer\'s outputs')
+    add('--cache_window', type=positive_int, default=500, help='Positions the cache holds')
+    add('--cache_theta', type=non_negative_float, default=0.3,
+        help='Sharpness of the match between outputs')
+    add('--cache_lambda', type=checked_number(float, lambda v: 0 <= v <= 1, 'in [0, 1]'),
+        default=0.1, help='Weight of the cache in the mixture')
+    add('--dynamic', action='store_true',
+        help='Dynamic evaluation (Krause et al. 2018, RMS): a gradient step after each segment')
+    add('--dynamic_lr', type=non_negative_float, default=3e-5, help='Step size (eta)')
+    add('--dynamic_decay', type=non_negative_float, default=1e-3,
+        help='Pull back towards the trained weights (lambda)')
+    add('--dynamic_segment', type=positive_int, default=20, help='Tokens between steps')
+    add('--dynamic_stats', metavar='FILE', default=None,
+        help="Text for the gradient statistics (default: train.txt of the checkpoint's "
+             '--data_dir)')
+    add('--dynamic_stats_tokens', type=positive_int, default=100_000,
+        help='How many of its first tokens to use')
+    add('--tune', metavar='FILE', default=None,
+        help='Choose the values above on FILE (never on the scored text: valid.txt, say), '
+             'print each grid point, then score the input with the values kept')
+    add('--tune_tokens', type=non_negative_int, default=0,
+        help='Tune on the first this many tokens of --tune FILE (0: all)')
 
 
 class Text(NamedTuple):
@@ -95,19 +147,24 @@ def read_text(path, vocab):
     return Text(line_numbers, words, torch.tensor(ids), np.array(line_of), respelled, unknown)
 
 
-def progress(total, desc):
+def progress(total, desc, unit='it'):
     """A bar on stderr for inputs long enough to wait for."""
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=total < 20, leave=False)
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=total < 20, leave=False,
+                unit=unit, unit_scale=unit != 'it')
 
 
-def score_carried(model, stream, batch_size, seq_length, autocast_dtype, device):
+def score_carried(model, stream, batch_size, seq_length, autocast_dtype, device, scorer=None):
     """Loss of each stream position (NaN where the layout scores none) with the stream laid
-    out as evaluation lays it out, and the totals as the trainer computes them."""
+    out as evaluation lays it out, and the totals as the trainer computes them. `scorer`:
+    see engine.token_losses."""
     batched = data.batchify(stream, batch_size).to(device)
-    with progress(len(data.window_starts(batched, seq_length)), 'Scoring') as bar:
-        result = token_losses(model, batched, seq_length, autocast_dtype=autocast_dtype,
-                              keep_tokens=True, on_window=lambda k: bar.update())
+    starts = data.window_starts(batched, seq_length)
     steps = batched.size(1)
+    with progress(batched.numel() - batch_size, 'Scoring', unit='tok') as bar:
+        result = token_losses(
+            model, batched, seq_length, autocast_dtype=autocast_dtype, keep_tokens=True,
+            scorer=scorer,
+            on_window=lambda k: bar.update(batch_size * min(seq_length, steps - 1 - starts[k])))
     # target (row r, column c) of batched[:, 1:] is stream position r * steps + c + 1
     positions = np.arange(batch_size)[:, None] * steps + np.arange(1, steps)[None, :]
     nll = np.full(stream.numel(), np.nan)
@@ -200,11 +257,13 @@ def fmt(x, digits=4):
     return 'n/a' if x is None else f'{x:.{digits}f}'
 
 
-def score_text(args, model, text, trained, autocast_dtype):
-    """(layout described, each stream position's loss, Totals) in the layout the flags ask for;
-    `trained`: the checkpoint's training arguments, whose batch size and window are the
-    default layout."""
+def score_text(args, model, text, ckpt, autocast_dtype):
+    """(layout described, each stream position's loss, Totals) in the layout the flags ask
+    for; the checkpoint's batch size and window are the default layout."""
     device = next(model.parameters()).device
+    trained = ckpt.get('args') or {}
+    if args.cache or args.dynamic:
+        return score_adaptive(args, model, text.stream, ckpt)
     if args.independent:
         nll = score_independent(model, text, autocast_dtype, device)
         return ('each line on its own, from a fresh state', nll,
@@ -225,24 +284,131 @@ def score_text(args, model, text, trained, autocast_dtype):
     return layout, nll, totals
 
 
+def score_adaptive(args, model, stream, ckpt):
+    """(layout described, each stream position's loss, Totals) under --cache and/or --dynamic:
+    one stream, windows of --dynamic_segment (or the checkpoint's window), the values tuned on
+    --tune FILE first when given. The weights on disk are never touched."""
+    device = next(model.parameters()).device
+    trained, vocab = ckpt.get('args') or {}, ckpt['vocab']
+    seq_length = args.dynamic_segment if args.dynamic else (
+        args.seq_length or trained.get('seq_length', 30))
+    rms = None
+    if args.dynamic:
+        stats = read_text(args.dynamic_stats or stats_file(trained), vocab)
+        rms = gradient_rms(model, stats.stream.to(device), args.dynamic_segment,
+                           args.dynamic_stats_tokens)
+    if args.tune:
+        tune(args, model, rms, seq_length, read_text(args.tune, vocab))
+    dynamic = DynamicEval(model, rms, args.dynamic_lr, args.dynamic_decay) if args.dynamic else None
+    cache = NeuralCache(args.cache_window, args.cache_theta, args.cache_lambda) \
+        if args.cache else None
+    with cudnn_backward_in_eval(device):
+        nll, result = score_carried(model, stream, 1, seq_length, None, device,
+                                    scorer=adaptive_scorer(model, cache, dynamic))
+    if dynamic is not None:
+        dynamic.reset()
+    totals = Totals(result.sum_all / result.count_all,
+                    result.sum_no_sos / max(1, result.count_no_sos),
+                    result.count_all, result.count_no_sos)
+    return f'one stream, windows of {seq_length}, {describe_method(args)}', nll, totals
+
+
+def stats_file(trained):
+    data_dir = trained.get('data_dir')
+    if not isinstance(data_dir, str):
+        raise data.DataError('--dynamic needs training text for its gradient statistics; give '
+                             'it with --dynamic_stats FILE')
+    return os.path.join(data_dir, 'train.txt')
+
+
+def method_values(args):
+    """The adaptive methods in use and their values, for the summary and the JSON."""
+    method = {}
+    if args.cache:
+        method['cache'] = {'window': args.cache_window, 'theta': args.cache_theta,
+                           'lambda': args.cache_lambda}
+    if args.dynamic:
+        method['dynamic'] = {'lr': args.dynamic_lr, 'decay': args.dynamic_decay,
+                             'segment': args.dynamic_segment,
+                             'stats_tokens': args.dynamic_stats_tokens}
+    return method
+
+
+def describe_method(args):
+    names = {'cache': 'neural cache', 'dynamic': 'dynamic evaluation'}
+    return ' + '.join(f'{names[m]} (' + ', '.join(f'{k} {v:g}' for k, v in values.items()) + ')'
+                      for m, values in method_values(args).items())
+
+
+def tune(args, model, rms, seq_length, text):
+    """Set the method's values to those that score `text` (--tune FILE) best, without <sos>
+    (the papers' protocol), printing each grid point on stderr."""
+    device = next(model.parameters()).device
+    stream = text.stream[:args.tune_tokens + 1] if args.tune_tokens else text.stream
+    batched = stream.view(1, -1).to(device)
+
+    def run(lr, decay, record=None):
+        dynamic = DynamicEval(model, rms, lr, decay) if args.dynamic else None
+        with cudnn_backward_in_eval(device):
+            result = token_losses(model, batched, seq_length,
+                                  scorer=adaptive_scorer(model, dynamic=dynamic, record=record))
+        if dynamic is not None:
+            dynamic.reset()
+        return result.sum_no_sos / max(1, result.count_no_sos)
+
+    def keep_best(name, grid, loss_of):
+        losses = {value: loss_of(value) for value in grid}
+        for value, loss in losses.items():
+            print(f'tune: {name} {value:g}: perplexity without <sos> {perplexity(loss):.4f}',
+                  file=sys.stderr, flush=True)
+        best = min(losses, key=losses.get)
+        print(f'tune: keeping {name} {best:g}', file=sys.stderr, flush=True)
+        return best
+
+    print(f'tune: {stream.numel() - 1} targets of {args.tune}', file=sys.stderr)
+    if args.dynamic:
+        args.dynamic_lr = keep_best('--dynamic_lr', DYNAMIC_LRS,
+                                    lambda lr: run(lr, args.dynamic_decay))
+        args.dynamic_decay = keep_best('--dynamic_decay', DYNAMIC_DECAYS,
+                                       lambda decay: run(args.dynamic_lr, decay))
+    if args.cache:
+        recorded = []
+        run(args.dynamic_lr, args.dynamic_decay, record=recorded)
+        pairs = [(theta, lam) for theta in CACHE_THETAS for lam in CACHE_LAMBDAS]
+        losses = {pair: replay_cache(recorded, args.cache_window, *pair,
+                                     lambda y: y != data.SOS) for pair in pairs}
+        for (theta, lam), loss in losses.items():
+            print(f'tune: --cache_theta {theta:g} --cache_lambda {lam:g}: perplexity without '
+                  f'<sos> {perplexity(loss):.4f}', file=sys.stderr)
+        args.cache_theta, args.cache_lambda = min(losses, key=losses.get)
+        print(f'tune: keeping --cache_theta {args.cache_theta:g} --cache_lambda '
+              f'{args.cache_lambda:g}', file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.independent and args.batch_size is not None:
         parser.error('--independent scores each line on its own; it takes no --batch_size')
+    adaptive = args.cache or args.dynamic
+    if adaptive and (args.independent or args.batch_size not in (None, 1)):
+        parser.error('--cache and --dynamic read the text as one stream, as the papers do; '
+                     'they take neither --independent nor a --batch_size other than 1')
+    if args.tune and not adaptive:
+        parser.error('--tune chooses the values of --cache and --dynamic; give one of them')
     device, autocast_dtype = apply_device_flags(parser, args)
     try:
         ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
         model = build_model(ckpt, device)
         vocab = ckpt['vocab']
         text = read_text(args.input, vocab)
+        data.print_mapping_notes(text.respelled, text.unknown)
+        layout, nll, totals = score_text(args, model, text, ckpt, autocast_dtype)
     except (CheckpointError, data.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    data.print_mapping_notes(text.respelled, text.unknown)
 
     is_sos = (text.stream == data.SOS).numpy()
-    layout, nll, totals = score_text(args, model, text, ckpt.get('args') or {}, autocast_dtype)
     # tokens that the layout leaves out: the first <sos> is never a target, and under
     # --independent no line's <sos> is
     unscored = 0 if args.independent else int(np.isnan(nll).sum()) - 1
@@ -253,7 +419,7 @@ def main(argv=None):
                'targets': totals.targets, 'targets_no_sos': totals.targets_no_sos,
                'loss': totals.loss, 'ppl': perplexity(totals.loss),
                'loss_no_sos': totals.loss_no_sos, 'ppl_no_sos': perplexity(totals.loss_no_sos),
-               'tokens_not_scored': unscored}
+               'tokens_not_scored': unscored, 'method': method_values(args) or 'static'}
 
     if args.json:
         document = {**summary, 'per_line': lines}

@@ -1,0 +1,117 @@
+"""score.py --cache and --dynamic (adapt.py), through the real script on a tiny model."""
+import json
+import random
+
+import pytest
+
+from conftest import TINY, run_script, write_corpus
+
+WORDS = [f'w{i}' for i in range(30)]
+
+
+@pytest.fixture(scope='module')
+def model(tmp_path_factory):
+    """A tiny model of random sentences over 30 words: uncertain about every next word."""
+    folder = tmp_path_factory.mktemp('adapt')
+    rng = random.Random(3)
+
+    def text(lines):
+        return ''.join(' '.join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + '\n'
+                       for _ in range(lines))
+    corpus = write_corpus(folder / 'corpus', text(400), text(40), text(40))
+    proc = run_script('demo_tie.py', '--data_dir', corpus, *TINY, '--tied', '--epochs', 2,
+                      '--save_path', folder / 'model.pt')
+    assert proc.returncode == 0, proc.stderr
+    return {'checkpoint': folder / 'model.pt', 'corpus': corpus, 'folder': folder}
+
+
+def score(model, text_path, *flags):
+    proc = run_script('score.py', '--checkpoint', model['checkpoint'], '--json', '--per_token',
+                      '--dynamic_stats', model['corpus'] / 'train.txt', *flags, text_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+def logprobs(doc):
+    return [row['logprob'] for row in doc['per_token']]
+
+
+METHODS = {'cache': ['--cache', '--cache_lambda', '0.3', '--cache_theta', '1'],
+           'dynamic': ['--dynamic', '--dynamic_lr', '0.03', '--dynamic_segment', '5']}
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_a_tokens_score_depends_on_the_text_before_it_alone(model, tmp_path, method):
+    first = 'w1 w2 w3 w4 w5\nw6 w7 w8 w9 w1 w2\nw3 w4 w5 w6\n'
+    (tmp_path / 'a.txt').write_text(first + 'w10 w11 w12 w13\nw14 w15\n')
+    (tmp_path / 'b.txt').write_text(first + 'w20 w21\nw1 w1 w1 w29 w28 w27\n')
+    a, _ = score(model, tmp_path / 'a.txt', *METHODS[method])
+    b, _ = score(model, tmp_path / 'b.txt', *METHODS[method])
+    shared = len(first.split()) + 2 * first.count('\n')  # words, <sos> and <eos> of each line
+    assert logprobs(a)[1:shared] == pytest.approx(logprobs(b)[1:shared], rel=1e-6, abs=1e-7)
+    assert logprobs(a)[shared + 1:] != pytest.approx(logprobs(b)[shared + 1:])
+
+
+@pytest.mark.parametrize('zero', [['--cache', '--cache_lambda', '0'],
+                                  ['--dynamic', '--dynamic_lr', '0', '--dynamic_decay', '0']])
+def test_zero_strength_gives_the_static_scores(model, zero):
+    test = model['corpus'] / 'test.txt'
+    segment = ['--seq_length', '20', '--dynamic_segment', '20']
+    static, _ = score(model, test, '--batch_size', '1', *segment)
+    adapted, _ = score(model, test, *zero, *segment)
+    assert adapted['loss'] == pytest.approx(static['loss'], rel=1e-5)
+    assert adapted['loss_no_sos'] == pytest.approx(static['loss_no_sos'], rel=1e-5)
+    assert logprobs(adapted)[1:] == pytest.approx(logprobs(static)[1:], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_a_repeated_unseen_sequence_becomes_easy(model, tmp_path, method):
+    """The same 12-word line five times: its first reading is about as hard as under the
+    static model (the cache, which weighs 0.3 here, costs up to 1 / 0.7 there), the later
+    ones much easier."""
+    line = ' '.join(random.Random(9).choices(WORDS, k=12))
+    (tmp_path / 'repeat.txt').write_text((line + '\n') * 5)
+    static, _ = score(model, tmp_path / 'repeat.txt', '--batch_size', '1')
+    adapted, _ = score(model, tmp_path / 'repeat.txt', *METHODS[method])
+    first = [row['ppl_no_sos'] for row in adapted['per_line']]
+    base = [row['ppl_no_sos'] for row in static['per_line']]
+    assert 0.8 * base[0] < first[0] < 1.1 * base[0] / 0.7
+    assert first[-1] < 0.5 * base[-1]
+    assert adapted['ppl_no_sos'] < 0.7 * static['ppl_no_sos']
+    assert method.replace('cache', 'neural cache').split()[0] in adapted['layout']
+    assert method in adapted['method']
+
+
+def test_dynamic_evaluation_leaves_the_checkpoint_unchanged(model):
+    before = model['checkpoint'].read_bytes()
+    score(model, model['corpus'] / 'test.txt', '--dynamic', '--dynamic_lr', '0.01')
+    assert model['checkpoint'].read_bytes() == before
+
+
+def test_tune_takes_its_values_from_the_tuning_file_alone(model, tmp_path):
+    (tmp_path / 'other.txt').write_text('w1 w1 w1 w1 w1 w1\nw2 w2 w2\n' * 20)
+    flags = ['--cache', '--dynamic', '--tune', model['corpus'] / 'valid.txt']
+    one, err_one = score(model, model['corpus'] / 'test.txt', *flags)
+    two, err_two = score(model, tmp_path / 'other.txt', *flags)
+    kept = [line for line in err_one.splitlines() if line.startswith('tune: keeping')]
+    assert len(kept) == 3  # the rate, the decay, the cache's pair
+    assert kept == [line for line in err_two.splitlines() if line.startswith('tune: keeping')]
+    assert one['method'] == two['method']
+    points = [line for line in err_one.splitlines() if 'perplexity without <sos>' in line]
+    assert len(points) == 5 + 3 + 4 * 5
+
+
+@pytest.mark.parametrize('flags', [['--cache', '--cache_window', '-3'],
+                                   ['--cache', '--cache_lambda', '1.5'],
+                                   ['--cache', '--cache_lambda', '-0.1'],
+                                   ['--dynamic', '--dynamic_segment', '0'],
+                                   ['--dynamic', '--dynamic_lr', '-1'],
+                                   ['--dynamic', '--dynamic_decay', '-0.5'],
+                                   ['--cache', '--batch_size', '4'],
+                                   ['--dynamic', '--independent'],
+                                   ['--tune', 'valid.txt']])
+def test_out_of_range_values_are_refused_in_one_line(model, flags):
+    proc = run_script('score.py', '--checkpoint', model['checkpoint'], *flags, 'x.txt')
+    assert proc.returncode == 2
+    assert 'Traceback' not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(
+        'score.py: error:')
