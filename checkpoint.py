@@ -12,11 +12,13 @@ weights_only=True. Two kinds, both beside --save_path:
                       mean, each process's RNG state, the position in the epoch (None at an
                       epoch's end) and a digest of the data
 """
+import argparse
 import errno
 import hashlib
 import os
 import pickle
 import pickletools
+import re
 import tempfile
 import zipfile
 from typing import NamedTuple
@@ -134,6 +136,45 @@ def carries_code(path):
         return False
 
 
+def check_stored_args(ckpt, path, parser):
+    """Refuse (CheckpointError, one line naming the field) a checkpoint whose stored training
+    arguments (`args`) would not pass `parser`'s own types, ranges and choices: they are read
+    as if typed on the command line. Arguments the parser does not know are left alone."""
+    stored = ckpt.get('args')
+    if stored is None:
+        return
+    if not isinstance(stored, dict):
+        raise CheckpointError(f'{path} is damaged: its training arguments are not a dict')
+    for action in parser._actions:
+        if action.dest in stored and action.dest != 'help':
+            problem = _flag_problem(action, stored[action.dest])
+            if problem:
+                raise CheckpointError(f'{path} is damaged: its stored --{action.dest} '
+                                      f'{stored[action.dest]!r} {problem}')
+
+
+def _flag_problem(action, value):
+    """Why `value` is not what the command line could have given `action` ('' if it is)."""
+    if action.nargs == 0:  # store_true, --flag/--no-flag
+        return '' if isinstance(value, bool) else 'is not true or false'
+    if value is None:
+        return '' if action.default is None or action.const is None else 'is missing'
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return f'is a {type(value).__name__}'
+    if action.type is not None:
+        try:
+            parsed = action.type(str(value))
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+            return f'is out of range ({e})'
+        if parsed != value or type(parsed) is not type(value) and isinstance(value, str):
+            return 'is not of the right type'
+    elif not isinstance(value, str):
+        return 'is not text'
+    if action.choices is not None and value not in action.choices:
+        return f'is not one of {", ".join(map(str, action.choices))}'
+    return ''
+
+
 def _check_model_fields(path, ckpt):
     args, vocab = ckpt.get('model_args'), ckpt.get('vocab')
     ok = (isinstance(args, dict) and isinstance(vocab, list)
@@ -141,12 +182,39 @@ def _check_model_fields(path, ckpt):
           and vocab[:len(SPECIALS)] == SPECIALS and UNK in vocab
           and isinstance(ckpt.get('model_state'), dict)
           and all(isinstance(args.get(k), int) and args[k] > 0 for k in MODEL_ARGS[:4])
-          and isinstance(args.get('dropout'), float) and isinstance(args.get('tied'), bool)
+          and isinstance(args.get('dropout'), float) and 0 <= args['dropout'] < 1
+          and isinstance(args.get('tied'), bool)
           and args['vocab_size'] == len(vocab)
           and all(_is_regularizer(k, args[k]) for k in MODEL_REGULARIZERS if k in args))
     if not ok:
         raise CheckpointError(f'{path} is damaged: its model description or vocabulary is missing '
                               'or inconsistent')
+    _check_weights(path, args, ckpt['model_state'])
+
+
+def _check_weights(path, args, state):
+    """The sizes in the description must be the weights' own, and the weights real numbers,
+    before anything is built from them (a lying hidden_size of 10**6 would otherwise ask for
+    terabytes, a num_layers of 10**6 take hours)."""
+    odd = [name for name, t in state.items() if not torch.is_tensor(t) or not t.is_floating_point()]
+    if odd:
+        raise CheckpointError(f'{path} is damaged: its weights must be floating-point tensors, '
+                              f'and {odd[0]} is not')
+    vocab, embed, hidden = args['vocab_size'], args['embed_size'], args['hidden_size']
+    expected = {'embedding.weight': (vocab, embed), 'fc.weight': (vocab, hidden),
+                'fc.bias': (vocab,)}
+    recurrent = [name for name in state if re.fullmatch(r'lstm\.(\d+\.)?weight_hh_l\d+', name)]
+    expected.update({name: (4 * hidden, hidden) for name in recurrent})
+    for name, shape in expected.items():
+        if name not in state or tuple(state[name].shape) != shape:
+            found = tuple(state[name].shape) if name in state else 'missing'
+            raise CheckpointError(f'{path} is damaged: its model description does not match its '
+                                  f'weights ({name}: {found}, where the description makes it '
+                                  f'{shape})')
+    if len(recurrent) != args['num_layers']:
+        raise CheckpointError(f'{path} is damaged: its model description says '
+                              f'{args["num_layers"]} LSTM layers, its weights hold '
+                              f'{len(recurrent)}')
 
 
 def _is_regularizer(name, value):

@@ -10,13 +10,21 @@ build or restore the model), then for each epoch train_one_epoch() and end_epoch
 (validate, schedule, save the best, write the metrics row, save the last checkpoint), and
 last finish() (test the best model).
 """
+import signal
+import sys
+
+from stopping import STOP_SIGNALS, StopRequest, stop_at_once
+
+if __name__ == '__main__':  # before PyTorch is imported (a second or more): a signal meanwhile
+    for _signal in STOP_SIGNALS:  # ends the process at once, with a line, not a traceback
+        signal.signal(_signal, stop_at_once)
+
 import argparse
 import contextlib
 import copy
 import math
+import os
 import random
-import signal
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -30,6 +38,7 @@ from checkpoint import (
     best_checkpoint,
     build_model,
     check_same_data,
+    check_stored_args,
     data_fingerprint,
     last_checkpoint,
     load_checkpoint,
@@ -37,7 +46,13 @@ from checkpoint import (
     restore_training,
     save_checkpoint,
 )
-from device import add_device_flags, apply_threads, keep_freed_memory, mixed_precision
+from device import (
+    add_device_flags,
+    apply_threads,
+    keep_freed_memory,
+    memory_of,
+    mixed_precision,
+)
 from distributed import ShareError
 from distributed import setup as setup_processes
 from engine import (
@@ -54,7 +69,13 @@ from engine import (
     train_epoch,
     window_lr_factors,
 )
-from model import LSTMLanguageModel, count_parameters, detach_hidden, tied_size_problem
+from model import (
+    LSTMLanguageModel,
+    count_parameters,
+    detach_hidden,
+    lstm_parameters,
+    tied_size_problem,
+)
 from options import (
     factor,
     non_negative_float,
@@ -67,9 +88,11 @@ from options import (
 from recipe import add_optimizer_flags, add_regularizer_flags, apply_recipe, describe_recipe
 from runstate import (
     MetricsLog,
-    StopRequest,
+    RunFiles,
     apply_changes,
+    check_lock,
     claim_save_path,
+    release_locks,
     restore_random_state,
     resume_command,
     rng_state,
@@ -170,18 +193,21 @@ class Run:
     val_losses: list = field(default_factory=list)  # every epoch's, for NT-ASGD's trigger
     wrote_last: bool = False      # a last checkpoint already on disk may be an earlier run's
     metrics: MetricsLog = None    # the first process's CSV
+    stop: StopRequest = None      # the signal handler: whether a signal asked to stop
 
     @property
     def optimizer(self):
         return self.stepping.optimizer
 
 
-def start_run(args, given, device, group):
+def start_run(args, given, device, group, stop):
     """Claim the save path, settle the flags (from the checkpoint on resume), read the data,
     print the header, build the model and optimizer, and restore them on resume."""
     apply_recipe(args, given)  # then claim_save_path takes what was not given from a resumed
     # checkpoint, the recipe's flags included
     files, ckpt, resume_path, changes = claim_save_path(args, given, group)
+    if ckpt is not None:
+        check_stored_args(ckpt, resume_path, build_parser())
     corpus = read_data(args, files, group, ckpt, resume_path)
     model = LSTMLanguageModel(**model_args(args, len(corpus.vocab))).to(device)
     print_header(args, corpus, model, group, device)
@@ -195,7 +221,8 @@ def start_run(args, given, device, group):
     stepping = Stepping(optimizer, args.clip, forward, autocast_dtype, scaler, args.alpha,
                         args.beta, average_losses=group.mean if group.world_size > 1 else None)
     run = Run(args, group, files, corpus, streams, model, scheduler, stepping,
-              evaluator=forward if group.world_size == 1 else model, run_id=uuid.uuid4().hex)
+              evaluator=forward if group.world_size == 1 else model, run_id=uuid.uuid4().hex,
+              stop=stop)
     seed_process(args.seed, group.rank)
     if ckpt is not None:
         resume(run, ckpt, resume_path, changes, given)
@@ -312,7 +339,7 @@ class EpochRun:
         return self.result.next_window == len(self.windows)
 
 
-def train_one_epoch(run, epoch, stop):
+def train_one_epoch(run, epoch):
     """Train `epoch` from its start, or from where a resumed run stopped in it; stop early,
     at a window's edge, when a signal asked for it."""
     args, group = run.args, run.group
@@ -335,7 +362,7 @@ def train_one_epoch(run, epoch, stop):
                                      ppl=f'{perplexity(running_loss):.1f}')
         try:
             result = train_epoch(run.model, run.streams['train'], windows, run.stepping, start,
-                                 lr_factors, lambda: group.stop_agreed(stop.signum is not None),
+                                 lr_factors, lambda: group.stop_agreed(run.stop.signum is not None),
                                  show)
         except NonFiniteLoss as e:
             raise RunError(
@@ -379,7 +406,7 @@ def end_epoch(run, epoch, done):
     if val_loss < run.best_val:
         run.best_val = val_loss
         if group.is_main:
-            with averaged(run):
+            with averaged(run), writing(run):
                 save_checkpoint(best_checkpoint(run.model, run.corpus.vocab, args, epoch,
                                                 val_loss, run.run_id), run.files.best)
         print(f'Best model saved with Perplexity: {perplexity(val_loss):.4f}', flush=True)
@@ -387,12 +414,14 @@ def end_epoch(run, epoch, done):
     if run.metrics is not None:
         train_loss = epoch_loss(done.result.losses, done.windows)
         tokens = run.streams['train'].numel() * group.world_size
-        run.metrics.append({
-            'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
-            'train_ppl': f'{perplexity(train_loss):.4f}', 'val_loss': f'{val_loss:.6f}',
-            'val_ppl': f'{perplexity(val_loss):.4f}', 'val_loss_no_sos': f'{val_no_sos:.6f}',
-            'val_ppl_no_sos': f'{perplexity(val_no_sos):.4f}', 'lr': lrs[0],
-            'seconds': f'{elapsed:.2f}', 'train_tokens_per_s': f'{tokens / train_seconds:.1f}'})
+        with writing(run):
+            run.metrics.append({
+                'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
+                'train_ppl': f'{perplexity(train_loss):.4f}', 'val_loss': f'{val_loss:.6f}',
+                'val_ppl': f'{perplexity(val_loss):.4f}', 'val_loss_no_sos': f'{val_no_sos:.6f}',
+                'val_ppl_no_sos': f'{perplexity(val_no_sos):.4f}', 'lr': lrs[0],
+                'seconds': f'{elapsed:.2f}',
+                'train_tokens_per_s': f'{tokens / train_seconds:.1f}'})
     save_last(run, epoch, None, done.result.losses)
 
 
@@ -407,6 +436,15 @@ def start_averaging_when_due(run, epoch, val_loss):
     run.val_losses.append(val_loss)
 
 
+@contextlib.contextmanager
+def writing(run):
+    """A block that writes one of the run's files: only while this run still holds the save
+    path's lock, and never cut short by a signal."""
+    check_lock(run.files)
+    with run.stop.writing():
+        yield
+
+
 def save_last(run, epoch, position, window_losses):
     """Write the last checkpoint: at an epoch's end (`position` None) or where a signal
     stopped it. Every process takes part (the hidden and random states are gathered); the
@@ -418,12 +456,13 @@ def save_last(run, epoch, position, window_losses):
     if group.is_main:
         best = best_checkpoint(run.model, run.corpus.vocab, run.args, epoch, run.val_loss,
                                run.run_id)
-        save_checkpoint(last_checkpoint(
-            best, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.stepping.scaler,
-            best_val_loss=run.best_val, val_losses=run.val_losses,
-            weight_average=run.stepping.weight_average, rngs=rngs, position=position,
-            window_losses=window_losses, fingerprint=data_fingerprint(run.corpus)),
-            run.files.last)
+        with writing(run):
+            save_checkpoint(last_checkpoint(
+                best, optimizer=run.optimizer, scheduler=run.scheduler,
+                scaler=run.stepping.scaler, best_val_loss=run.best_val, val_losses=run.val_losses,
+                weight_average=run.stepping.weight_average, rngs=rngs, position=position,
+                window_losses=window_losses, fingerprint=data_fingerprint(run.corpus)),
+                run.files.last)
     run.wrote_last = True
 
 
@@ -437,39 +476,50 @@ def save_stopped_epoch(run, epoch, done):
 
 # ------------------------------------------------------------------ 4. finish
 
-def stopped_status(run, stop):
+def stopped_status(run):
     """After a signal: say how to resume. SIGTERM, SIGHUP and a run with no finished epoch
     end here (the status); after Ctrl-C the best model is still tested (None)."""
-    signum = stop.signum or signal.SIGTERM  # another process's signal stops this one too
+    signum = run.stop.signum or signal.SIGTERM  # another process's signal stops this one too
     if run.group.is_main:
         print(f'Training stopped by {signal.Signals(signum).name}.', file=sys.stderr, end=' ')
         resumable = run.files.last if run.wrote_last else run.resumed_from
         if resumable is not None:
             print(f'Resume with:\n  {resume_command(resumable)}', file=sys.stderr, flush=True)
+            print(f'Resume with: {resume_command(resumable)}', flush=True)  # for logs of stdout
         else:
             print('No epoch had started, so there is nothing to resume.', file=sys.stderr,
                   flush=True)
-    if signum == signal.SIGTERM or math.isinf(run.best_val):
+    if signum != signal.SIGINT or math.isinf(run.best_val):
         return 128 + signum
     return None
 
 
-def finish(run, stop):
+def finish(run):
     """Test this run's best model, reloaded from disk."""
     if math.isinf(run.best_val):
         raise RunError('no epoch finished, so there is no best model to test')
-    group, files = run.group, run.files
+    group = run.group
     device = run.streams['test'].device
-    best = load_checkpoint(files.best, map_location=device) if group.is_main else None
+    path = best_model_path(run)
+    best = load_checkpoint(path, map_location=device) if group.is_main else None
     if group.is_main and best.get('run_id') != run.run_id:
-        raise RunError(f'{files.best} is not this run\'s best model (another run wrote it); '
+        raise RunError(f'{path} is not this run\'s best model (another run wrote it); '
                        f'this run\'s best model was saved beside the --save_path it started '
                        f'with. Test it with: python demo_tie.py --eval_only --save_path PATH')
     run.model.load_state_dict(group.gather_objects(best['model_state'] if best else None)[0])
-    stop.immediate = True  # a signal now ends the test at once; --eval_only repeats it
+    run.stop.immediate = True  # a signal now ends the test at once; --eval_only repeats it
     print_test_block(run.model, run.streams['test'], run.args.seq_length, forward=run.evaluator,
                      autocast_dtype=run.stepping.autocast_dtype, add_across=group.sum)
     return 0
+
+
+def best_model_path(run):
+    """Where this run's best model is: beside --save_path, or, for a run resumed into a new
+    --save_path that has not improved on it yet, beside the last checkpoint it resumed."""
+    if os.path.exists(run.files.best) or not run.resumed_from:
+        return run.files.best
+    earlier = RunFiles.beside(run.resumed_from.removesuffix('.last.pt') + '.pt').best
+    return earlier if os.path.exists(earlier) else run.files.best
 
 
 def print_test_block(model, test_data, seq_length, **kw):
@@ -489,11 +539,11 @@ def print_test_block(model, test_data, seq_length, **kw):
 # ------------------------------------------------------------------ the run, step by step
 
 def train(args, given, device, stop, group):
-    run = start_run(args, given, device, group)
+    run = start_run(args, given, device, group, stop)
     if run.next_epoch > args.epochs:
         print(f'Nothing to train: {run.next_epoch - 1} epochs are done and --epochs is '
               f'{args.epochs}.')
-    stopped = False
+    stopped, stop.immediate = False, False  # from here on a signal stops at a window's edge
     try:
         if group.is_main:  # on resume, drops rows after the checkpoint's epoch
             run.metrics = MetricsLog(run.files.metrics, resume_after=run.next_epoch - 1
@@ -502,7 +552,7 @@ def train(args, given, device, stop, group):
             if group.stop_agreed(stop.signum is not None, now=True):
                 stopped = True
                 break
-            done = train_one_epoch(run, epoch, stop)
+            done = train_one_epoch(run, epoch)
             if not done.finished:  # a signal stopped it
                 save_stopped_epoch(run, epoch, done)
                 stopped = True
@@ -514,10 +564,10 @@ def train(args, given, device, stop, group):
                        f'The files already on disk are unchanged; resume with: '
                        f'{resume_command(last)}') from None
     if stopped:
-        status = stopped_status(run, stop)
+        status = stopped_status(run)
         if status is not None:
             return status
-    return finish(run, stop)
+    return finish(run)
 
 
 def eval_only(args, device, stop, group):
@@ -525,6 +575,7 @@ def eval_only(args, device, stop, group):
     the batch size and window length it was trained with."""
     stop.immediate = True  # nothing to save: a signal ends the evaluation at once
     ckpt = load_checkpoint(args.save_path)
+    check_stored_args(ckpt, args.save_path, build_parser())
     model = build_model(ckpt, device)
     trained = ckpt.get('args') or {}
     batch_size = trained.get('batch_size', args.batch_size)
@@ -545,6 +596,20 @@ def eval_only(args, device, stop, group):
           f'<sos>: {perplexity(val_no_sos):.4f}')
     print_test_block(model, test_data, seq_length, add_across=group.sum)
     return 0
+
+
+def memory_problem(args, device):
+    """Why the model the flags describe cannot fit on `device` ('' if it may): its LSTM's
+    weights, gradients and Adam's two moments, 16 bytes a parameter, before the data is read
+    (the embedding and decoder, which depend on the vocabulary, come on top)."""
+    parameters = lstm_parameters(args.embed_size, args.hidden_size, args.num_layers)
+    need, have = 16 * parameters, memory_of(device)
+    if have is None or need <= have:
+        return ''
+    return (f'--embed_size {args.embed_size} --hidden_size {args.hidden_size} --num_layers '
+            f'{args.num_layers} make an LSTM of {parameters:,} parameters, which needs at least '
+            f'{need / 2**30:,.1f} GiB for its weights, gradients and optimizer state; {device} '
+            f'has {have / 2**30:,.1f} GiB')
 
 
 def explicit_flags(parser, argv):
@@ -583,13 +648,17 @@ def main(argv=None):
         group, device = setup_processes(args.device)
     except ValueError as e:
         parser.error(str(e))
+    if args.resume is None and not args.eval_only:
+        problem = memory_problem(args, device)
+        if problem:
+            parser.error(problem)
     global SPEAKS
     SPEAKS = group.is_main
     apply_threads(args.threads)
     seed_everything(args.seed)
     keep_freed_memory()
     stop = StopRequest()  # installed before the data is read, so no signal is lost
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     status = None  # stays None when an unexpected error escapes with its traceback
     try:
         status = eval_only(args, device, stop, group) if args.eval_only else \
@@ -603,6 +672,7 @@ def main(argv=None):
         print('\nInterrupted.', file=sys.stderr)
         status = 130
     finally:
+        release_locks()  # the run is over, however it ended
         for s, handler in previous.items():
             signal.signal(s, handler)
         group.close(status)

@@ -2,7 +2,9 @@
 --device, --threads and --amp, shared by the trainer, the generator, the scorer and the bench.
 """
 import ctypes
+import os
 import platform
+import signal
 import sys
 
 import torch
@@ -100,3 +102,20 @@ def keep_freed_memory():
     libc = ctypes.CDLL(None)
     libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed value on 64-bit
     libc.mallopt(M_TRIM_THRESHOLD, 2**30)
+
+
+def quiet_on_closed_pipe():
+    """Behave like a Unix tool when the reader of our output goes away (`| head`): end at
+    once and quietly, as SIGPIPE's default does, rather than with a BrokenPipeError."""
+    if hasattr(signal, 'SIGPIPE'):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+def memory_of(device):
+    """Bytes of memory on `device` (the machine's RAM for a CPU), or None where unknown."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (AttributeError, ValueError, OSError):
+        return None

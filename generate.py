@@ -11,7 +11,7 @@ import torch
 
 import data
 from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
-from device import add_device_flags, apply_device_flags
+from device import add_device_flags, apply_device_flags, quiet_on_closed_pipe
 from options import checked_number, non_negative_int, positive_float, positive_int, seed_value
 
 
@@ -114,10 +114,33 @@ def render(words):
     return '\n'.join(lines + [' '.join(line)] if line else lines)
 
 
+def prompt_ids(words, vocab):
+    """The prompt as the model read text in training: <sos> first, and after each typed <eos>
+    a <sos>, as after a sampled one. <sos> and <pad> typed are refused (ValueError): they are
+    markers the reader adds, not words."""
+    typed = {data.SPECIALS[data.SOS], data.SPECIALS[data.PAD]} & set(words)
+    if typed:
+        raise ValueError(f'{" and ".join(sorted(typed))} in --seed_text: these are markers '
+                         'that reading text adds, not words; leave them out (end a sentence '
+                         'with <eos>)')
+    index = {w: i for i, w in enumerate(vocab)}
+    ids, respelled, unknown = data.map_words(words, index, data.is_ptb_style(vocab))
+    data.print_mapping_notes(respelled, unknown)
+    prompt = [data.SOS]
+    for i in ids:
+        prompt += [i, data.SOS] if i == data.EOS else [i]
+    return prompt
+
+
 def main(argv=None):
+    quiet_on_closed_pipe()
     parser = build_parser()
     args = parser.parse_args(argv)
     device, autocast_dtype = apply_device_flags(parser, args, 'cuda' if args.cuda else None)
+    if autocast_dtype is not None and device.type == 'cpu':
+        print('warning: --amp: generation feeds one word at a time, where bfloat16 autocast '
+              'on a CPU is slower than float32; generating in float32', file=sys.stderr)
+        autocast_dtype = None
     try:
         ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
         model = build_model(ckpt, device)
@@ -125,21 +148,25 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         return 1
     vocab = ckpt['vocab']
-    index = {w: i for i, w in enumerate(vocab)}
-
     seed_words = args.seed_text.split()
-    seed_ids, respelled, unknown = data.map_words(seed_words, index, data.is_ptb_style(vocab))
-    data.print_mapping_notes(respelled, unknown)
+    try:
+        prompt = prompt_ids(seed_words, vocab)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
 
     generator = torch.Generator()
     generator.manual_seed(args.seed if args.seed is not None else torch.seed())
     for n in range(args.num_samples):
         if args.num_samples > 1:
             print(f'--- sample {n + 1} of {args.num_samples} ---')
-        ids = sample(model, [data.SOS] + seed_ids, args.num_words, temperature=args.temperature,
+        ids = sample(model, prompt, args.num_words, temperature=args.temperature,
                      top_k=args.top_k, top_p=args.top_p, stop_at_eos=args.stop_at_eos,
                      generator=generator, autocast_dtype=autocast_dtype)
         print(render(seed_words + [vocab[i] for i in ids]), flush=True)
+        if ids == [data.EOS]:
+            print(f'note: sample {n + 1} ended at once: the model\'s first word was <eos> (the '
+                  'end of the sentence), and --stop_at_eos stops there', file=sys.stderr)
     return 0
 
 

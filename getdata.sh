@@ -56,7 +56,7 @@ if [ -z "$source_arg" ]; then
   if command -v curl >/dev/null; then fetch=(curl -fsSL -o "$work/simple-examples.tgz" "$URL")
   elif command -v wget >/dev/null; then fetch=(wget -q -O "$work/simple-examples.tgz" "$URL")
   else die "neither curl nor wget is installed; download $URL yourself and run: bash getdata.sh simple-examples.tgz"; fi
-  "${fetch[@]}" || die "could not download $URL (no network?). Get simple-examples.tgz elsewhere and run: bash getdata.sh path/to/simple-examples.tgz"
+  "${fetch[@]}" || die "could not download $URL (no network?). Install from a copy instead: bash getdata.sh FOLDER (holding train.txt, valid.txt, test.txt or ptb.train.txt, ptb.valid.txt, ptb.test.txt) or bash getdata.sh path/to/simple-examples.tgz"
   source_arg=$work/simple-examples.tgz
 fi
 

@@ -136,6 +136,12 @@ def run_lstm(lstm, x, hidden, wdrop):
     return torch.func.functional_call(lstm, dropped, (x, hidden))
 
 
+def lstm_parameters(embed_size, hidden_size, num_layers):
+    """The LSTM's parameters alone, from the sizes: 4 gates of (input + hidden + 2 biases)."""
+    first = 4 * hidden_size * (embed_size + hidden_size + 2)
+    return first + (num_layers - 1) * 4 * hidden_size * (2 * hidden_size + 2)
+
+
 def count_parameters(model):
     """Parameters counted once each: a tied matrix is one Parameter, so it counts once."""
     return sum(p.numel() for p in model.parameters())

@@ -43,6 +43,13 @@ def read_curve(path):
     return epochs, ppl, clock
 
 
+def labels(paths):
+    """Each CSV's name without .csv; with its folder when two CSVs share a name."""
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return [os.path.join(os.path.basename(os.path.dirname(os.path.abspath(p))), name)
+            if names.count(name) > 1 else name for p, name in zip(paths, names)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description='Plot validation perplexity curves',
@@ -52,9 +59,15 @@ def main(argv=None):
                         help='image to write (PNG, SVG, PDF)')
     parser.add_argument('--reference', action='store_true',
                         help="mark the reference README's published points (epochs 1, 2 and 40)")
+    parser.add_argument('--label', action='append', default=None, metavar='NAME',
+                        help='legend name of each CSV, in order (default: the file name, with '
+                             'its folder where two files share a name)')
     args = parser.parse_args(argv)
+    if args.label is not None and len(args.label) != len(args.csv):
+        parser.error(f'{len(args.label)} --label for {len(args.csv)} CSVs; give one for each')
     try:
-        curves = [(os.path.splitext(os.path.basename(p))[0], read_curve(p)) for p in args.csv]
+        curves = [(label, read_curve(p)) for label, p in zip(args.label or labels(args.csv),
+                                                                args.csv)]
     except CurveError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

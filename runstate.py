@@ -1,6 +1,6 @@
 """What outlives the process, but for the checkpoints' contents (checkpoint.py): the run's
 files and their lock, seeds and RNG states, which flags a resume takes from the checkpoint,
-the metrics CSV, and the signal handler that lets a run stop at a window's edge.
+the metrics CSV, and the command that resumes (signals: stopping.py).
 """
 import csv
 import glob
@@ -8,7 +8,6 @@ import io
 import os
 import random
 import shlex
-import signal
 import sys
 from typing import NamedTuple
 
@@ -20,6 +19,7 @@ from checkpoint import (
     CheckpointError,
     check_writable,
     damaged,
+    load_checkpoint,
     load_last_checkpoint,
     write_atomically,
 )
@@ -43,24 +43,48 @@ class RunFiles(NamedTuple):
     @classmethod
     def beside(cls, save_path):
         """best_model.pt -> best_model.pt, best_model.last.pt, best_model.csv, best_model.lock;
-        refuses a path whose files would be one another (m.csv) or that names no file."""
+        refuses a path whose files would be one another (m.csv), that names no file, or that
+        is something other than a regular file (/dev/null). A symbolic link is followed: the
+        run's files are named after, and written to, what it points to (a dangling link
+        included), so that --resume finds them through the link or the target alike."""
         if not save_path or save_path.endswith(('/', os.sep)) or os.path.isdir(save_path):
             raise CheckpointError(f'--save_path {save_path!r} names no file; give one such as '
                                   'runs/model.pt')
+        if os.path.islink(save_path):
+            save_path = os.path.realpath(save_path)
         stem = os.path.splitext(save_path)[0]
         files = cls(save_path, stem + '.last.pt', stem + '.csv', stem + '.lock')
         if len({os.path.abspath(p) for p in files}) < len(files):
             raise CheckpointError(f'--save_path {save_path} would make the checkpoint and its '
                                   f'companions ({files.last}, {files.metrics}) the same file; use '
                                   f'a name ending in .pt')
+        for path in files:
+            if os.path.exists(path) and not os.path.isfile(path):
+                raise CheckpointError(f'{path} is not a regular file (a device, a pipe or a '
+                                      'socket); give a --save_path where the run can write its '
+                                      'own files')
         return files
 
     def existing(self):
         return [p for p in (self.best, self.last, self.metrics) if os.path.exists(p)]
 
+    def check_ours(self):
+        """--overwrite deletes only what this project wrote: checkpoints it can read and a
+        metrics CSV with its header. Refuses (CheckpointError) naming anything else."""
+        for path in self.existing():
+            try:
+                if path == self.metrics:
+                    read_metrics(path)
+                else:
+                    load_checkpoint(path)
+            except CheckpointError:
+                raise CheckpointError(
+                    f'{path} is not a file this trainer wrote, and --overwrite deletes only '
+                    'those; move it away or use another --save_path') from None
+
     def delete_earlier_run(self):
         """--overwrite: called once the new run's data has been read, so that a typo in
-        --data_dir does not cost the earlier run's files."""
+        --data_dir does not cost the earlier run's files (check_ours has vetted them)."""
         for path in self.existing():
             os.remove(path)
 
@@ -76,13 +100,13 @@ class RunFiles(NamedTuple):
                     pass
 
 
-_held_locks = []
+_held_locks = {}  # lock path -> the open file holding the OS lock
 
 
 def hold_lock(files):
-    """Take an exclusive OS lock on files.lock for the rest of the process's life. A second
-    trainer on the same --save_path is refused; the OS drops the lock when a process dies,
-    even by kill -9, so no stale lock remains."""
+    """Take an exclusive OS lock on files.lock until release_lock, or the process's end. A
+    second trainer on the same --save_path is refused; the OS drops the lock when a process
+    dies, even by kill -9, so a lock file left behind holds nothing."""
     if fcntl is None:
         return
     try:
@@ -102,7 +126,37 @@ def hold_lock(files):
     handle.truncate()
     handle.write(f'pid {os.getpid()}\n')
     handle.flush()
-    _held_locks.append(handle)
+    _held_locks[files.lock] = handle
+
+
+def check_lock(files):
+    """Before writing a run's file: refuse (CheckpointError) if files.lock is no longer the
+    file this process locked (deleted or replaced), since another run may then have taken the
+    save path, whatever was done to the lock file."""
+    handle = _held_locks.get(files.lock)
+    if handle is None:
+        return
+    try:
+        same = os.path.samestat(os.stat(files.lock), os.fstat(handle.fileno()))
+    except OSError:
+        same = False
+    if not same:
+        raise CheckpointError(f'{files.lock} was deleted or replaced while this run held it, so '
+                              f'another run may be writing {files.best}; this run stopped '
+                              'without writing. Give each run its own --save_path')
+
+
+def release_locks():
+    """At the run's end: remove each lock file this process holds, if it is still the one it
+    locked, and release the lock."""
+    while _held_locks:
+        path, handle = _held_locks.popitem()
+        try:
+            if os.path.samestat(os.stat(path), os.fstat(handle.fileno())):
+                os.remove(path)
+        except OSError:
+            pass
+        handle.close()
 
 
 def seed_everything(seed):
@@ -179,6 +233,18 @@ def merge_resume_args(args, given, saved, mid_epoch):
     return changes
 
 
+def earlier_run_message(files):
+    """Why a fresh run is refused where an earlier run left files, and what to do, as the
+    files that exist allow: --resume only where there is a last checkpoint."""
+    found = ', '.join(files.existing())
+    if os.path.exists(files.last):
+        return (f'{found} are from an earlier run. Continue it with --resume, or start afresh '
+                'with --overwrite (which deletes them)')
+    return (f'{found} are from an earlier run that left no last checkpoint ({files.last}) to '
+            'continue from. Start afresh with --overwrite (which deletes them), or use another '
+            '--save_path')
+
+
 def claim_save_path(args, given, group):
     """Before anything is read: the run's files, and on resume the checkpoint with the flags
     settled from it. Only the first process checks and locks the files; all read the
@@ -193,10 +259,10 @@ def claim_save_path(args, given, group):
                 check_writable(path)
             hold_lock(files)
             files.remove_stale_temporaries()
-            if args.resume is None and files.existing() and not args.overwrite:
-                raise CheckpointError(f'{", ".join(files.existing())} are from an earlier run. '
-                                      'Continue it with --resume, or start afresh with '
-                                      '--overwrite (which deletes them)')
+            if args.resume is None and files.existing():
+                if not args.overwrite:
+                    raise CheckpointError(earlier_run_message(files))
+                files.check_ours()
         except CheckpointError as e:
             refusal = str(e)
     refusal = group.gather_objects(refusal)[0]  # the first process's, on every process
@@ -305,31 +371,6 @@ def read_metrics(path):
 
 
 # ---------------------------------------------------------------------------- signals
-
-class StopRequest:
-    """SIGINT/SIGTERM handler. During training the run stops after the window in progress
-    and writes its last checkpoint. A second Ctrl-C, or a signal while `immediate` is set
-    (the final test), ends the process at once with 128 + the signal's number: the files on
-    disk are complete, since each is replaced in one rename."""
-
-    def __init__(self):
-        self.signum = None
-        self.immediate = False
-
-    def __call__(self, signum, frame):
-        if self.immediate or (self.signum is not None and signum == signal.SIGINT):
-            sys.stdout.flush()
-            print(f'\n{signal.Signals(signum).name} received: stopped at once', file=sys.stderr,
-                  flush=True)
-            os._exit(128 + signum)
-        self.signum = signum
-        print(f'\n{signal.Signals(signum).name} received: stopping after the current window',
-              file=sys.stderr, flush=True)
-
-    @property
-    def name(self):
-        return signal.Signals(self.signum).name if self.signum else None
-
 
 def resume_command(last_path):
     """This run's command line with `--resume last_path` in place of any --resume or

@@ -43,12 +43,19 @@ from adapt import (
     gradient_rms,
     replay_cache,
 )
-from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
-from device import add_device_flags, apply_device_flags
+from checkpoint import (
+    TRAIN_FIRST,
+    CheckpointError,
+    build_model,
+    check_stored_args,
+    load_checkpoint,
+)
+from device import add_device_flags, apply_device_flags, quiet_on_closed_pipe
 from engine import perplexity, token_losses
 from options import checked_number, non_negative_float, non_negative_int, positive_int
 
 LINES_PER_BATCH = 64  # --independent: lines scored side by side (sorted by length, padded)
+LOGITS_BUDGET = 2**24  # --independent: scores held at once (64 MB of float32)
 # --tune's grids: the dynamic evaluation's rate first (at the decay given), then its decay at
 # the best rate, then the cache's (theta, lambda) pairs over that adapting model
 DYNAMIC_LRS = (3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
@@ -119,20 +126,33 @@ class Text(NamedTuple):
     words: list            # each line's words, as written
     stream: torch.Tensor   # <sos> w1 .. wn <eos> for every line, as vocabulary ids
     line_of: np.ndarray    # for each stream position, the index of its line in `words`
-    respelled: list
-    unknown: list
+    respelled: list        # (word, as read) of every respelled word
+    unknown: list          # every word the vocabulary lacks (read as <unk>)
+    respelled_per_line: list  # how many of each line's words were respelled
+    unk_per_line: list     # how many of each line's words are scored as <unk>
+
+
+def read_input(path):
+    """The file to read, '-' being standard input (refused when closed, `<&-`)."""
+    if path == '-':
+        if sys.stdin is None:
+            raise data.DataError('standard input is closed; give a file to score, or pipe '
+                                 'text in: echo "some words" | python score.py -')
+        return sys.stdin.buffer
+    try:
+        return open(path, 'rb')
+    except OSError as e:
+        raise data.DataError(f'cannot read {path}: {e.strerror or e}') from None
 
 
 def read_text(path, vocab):
     """Read `path` ('-': stdin) as training reads text and map its words onto `vocab`."""
     name = '<stdin>' if path == '-' else path
-    try:
-        f = sys.stdin.buffer if path == '-' else open(path, 'rb')  # noqa: SIM115  `with f` below
-    except OSError as e:
-        raise data.DataError(f'cannot read {name}: {e.strerror or e}') from None
+    f = read_input(path)
     index = {w: i for i, w in enumerate(vocab)}
     respell = data.is_ptb_style(vocab)
     line_numbers, words, ids, line_of, respelled, unknown = [], [], [], [], [], []
+    respelled_per_line, unk_per_line, unk = [], [], index[data.UNK]
     with f:
         for number, line_words in data.word_lines(f, name):
             line_ids, line_respelled, line_unknown = data.map_words(line_words, index, respell)
@@ -142,9 +162,12 @@ def read_text(path, vocab):
             words.append(line_words)
             respelled += line_respelled
             unknown += line_unknown
+            respelled_per_line.append(len(line_respelled))
+            unk_per_line.append(line_ids.count(unk))
     if not words:
         raise data.DataError(f'{name} has no words to score')
-    return Text(line_numbers, words, torch.tensor(ids), np.array(line_of), respelled, unknown)
+    return Text(line_numbers, words, torch.tensor(ids), np.array(line_of), respelled, unknown,
+                respelled_per_line, unk_per_line)
 
 
 def progress(total, desc, unit='it'):
@@ -173,31 +196,45 @@ def score_carried(model, stream, batch_size, seq_length, autocast_dtype, device,
 
 
 @torch.no_grad()
-def score_independent(model, text, autocast_dtype, device):
+def score_independent(model, text, autocast_dtype, device, budget=LOGITS_BUDGET):
     """Loss of each stream position, each line scored from a fresh state (its `<sos>` is
-    context only). Lines of similar length are batched together, padded at the end."""
+    context only). Lines of similar length are batched together, padded at the end, and read
+    in pieces of columns with the state carried, so that no more than about `budget` scores
+    (lines x columns x vocabulary) exist at once, however long a line or large the vocabulary."""
     model.eval()
     starts = np.flatnonzero(np.diff(text.line_of, prepend=-1))  # stream position of each <sos>
     lengths = [len(w) + 2 for w in text.words]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    vocab = model.fc.out_features
+    per_batch = max(1, min(LINES_PER_BATCH, budget // vocab))
     nll = np.full(text.stream.numel(), np.nan)
-    with progress(math.ceil(len(order) / LINES_PER_BATCH), 'Scoring') as bar:
-        for first in range(0, len(order), LINES_PER_BATCH):
-            lines = order[first:first + LINES_PER_BATCH]
+    with progress(math.ceil(len(order) / per_batch), 'Scoring') as bar:
+        for first in range(0, len(order), per_batch):
+            lines = order[first:first + per_batch]
             longest = max(lengths[i] for i in lines)
             batch = torch.full((len(lines), longest), data.PAD, dtype=torch.long)
             for row, i in enumerate(lines):
                 batch[row, :lengths[i]] = text.stream[starts[i]:starts[i] + lengths[i]]
-            batch = batch.to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype,
-                                enabled=autocast_dtype is not None):
-                logits, _ = model(batch[:, :-1], model.init_hidden(len(lines)))
-            losses = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:],
-                                     reduction='none').double().cpu().numpy()
+            losses = carried_losses(model, batch.to(device), max(1, budget // (len(lines) * vocab)),
+                                    autocast_dtype)
             for row, i in enumerate(lines):
                 nll[starts[i] + 1:starts[i] + lengths[i]] = losses[row, :lengths[i] - 1]
             bar.update()
     return nll
+
+
+def carried_losses(model, batch, columns, autocast_dtype):
+    """(rows, steps - 1) loss of each next token of `batch`, from a fresh state, read
+    `columns` at a time with the state carried."""
+    hidden, pieces = model.init_hidden(batch.size(0)), []
+    for start in range(0, batch.size(1) - 1, columns):
+        x, y = data.get_window(batch, start, columns)
+        with torch.autocast(batch.device.type, dtype=autocast_dtype,
+                            enabled=autocast_dtype is not None):
+            logits, hidden = model(x, hidden)
+        pieces.append(F.cross_entropy(logits.float().transpose(1, 2), y,
+                                      reduction='none').double().cpu())
+    return torch.cat(pieces, 1).numpy()
 
 
 class Totals(NamedTuple):
@@ -229,7 +266,8 @@ def per_line(text, nll, is_sos):
     return [{'line': text.line_numbers[i], 'words': len(text.words[i]),
              'targets': int(targets[i]), 'loss': _num(loss[i]),
              'ppl': _num(perplexity_or_nan(loss[i])), 'loss_no_sos': _num(loss_no_sos[i]),
-             'ppl_no_sos': _num(perplexity_or_nan(loss_no_sos[i]))}
+             'ppl_no_sos': _num(perplexity_or_nan(loss_no_sos[i])), 'unk': text.unk_per_line[i],
+             'respelled': text.respelled_per_line[i]}
             for i in range(n)]
 
 
@@ -386,6 +424,7 @@ def tune(args, model, rms, seq_length, text):
 
 
 def main(argv=None):
+    quiet_on_closed_pipe()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.independent and args.batch_size is not None:
@@ -399,6 +438,7 @@ def main(argv=None):
     device, autocast_dtype = apply_device_flags(parser, args)
     try:
         ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
+        check_stored_args(ckpt, args.checkpoint, parser)
         model = build_model(ckpt, device)
         vocab = ckpt['vocab']
         text = read_text(args.input, vocab)
@@ -413,14 +453,14 @@ def main(argv=None):
     # --independent no line's <sos> is
     unscored = 0 if args.independent else int(np.isnan(nll).sum()) - 1
     lines = per_line(text, nll, is_sos)
-    words = sum(len(w) for w in text.words)
     summary = {'checkpoint': args.checkpoint, 'input': args.input, 'layout': layout,
-               'lines': len(text.words), 'words': words, 'out_of_vocabulary': len(text.unknown),
+               'lines': len(text.words), 'words': sum(len(w) for w in text.words),
+               'out_of_vocabulary': len(text.unknown), 'respelled': len(text.respelled),
+               'scored_as_unk': sum(r['unk'] for r in lines),
                'targets': totals.targets, 'targets_no_sos': totals.targets_no_sos,
                'loss': totals.loss, 'ppl': perplexity(totals.loss),
                'loss_no_sos': totals.loss_no_sos, 'ppl_no_sos': perplexity(totals.loss_no_sos),
                'tokens_not_scored': unscored, 'method': method_values(args) or 'static'}
-
     if args.json:
         document = {**summary, 'per_line': lines}
         if args.per_token:
@@ -438,21 +478,33 @@ def main(argv=None):
             print(f'{line}\t{position}\t{word}\t{scored_as}\t{shown}', file=out)
         out = sys.stderr  # the summary stays out of the TSV
     else:
-        print(f'{"line":>6} {"words":>6} {"loss":>8} {"perplexity":>11} {"loss w/o <sos>":>15} '
-              f'{"perplexity w/o <sos>":>21}', file=out)
-        for r in lines:
-            print(f'{r["line"]:>6} {r["words"]:>6} {fmt(r["loss"]):>8} {fmt(r["ppl"]):>11} '
-                  f'{fmt(r["loss_no_sos"]):>15} {fmt(r["ppl_no_sos"]):>21}', file=out)
-    print(f'Scored {args.input} with {args.checkpoint}: {len(text.words)} lines, {words} words '
-          f'({len(text.unknown)} read as <unk>); layout: {layout}', file=out)
-    if unscored:
-        print(f'{unscored} tokens not scored by this layout (each row\'s first token and the tail '
-              'that does not fill a row); --batch_size 1 scores every token', file=out)
+        print_lines(lines, out)
+    print_summary(summary, totals, out)
+    return 0
+
+
+def print_lines(lines, out):
+    print(f'{"line":>6} {"words":>6} {"loss":>8} {"perplexity":>11} {"loss w/o <sos>":>15} '
+          f'{"perplexity w/o <sos>":>21} {"<unk>":>6} {"respelled":>9}', file=out)
+    for r in lines:
+        print(f'{r["line"]:>6} {r["words"]:>6} {fmt(r["loss"]):>8} {fmt(r["ppl"]):>11} '
+              f'{fmt(r["loss_no_sos"]):>15} {fmt(r["ppl_no_sos"]):>21} {r["unk"]:>6} '
+              f'{r["respelled"]:>9}', file=out)
+
+
+def print_summary(summary, totals, out):
+    s = summary
+    print(f'Scored {s["input"]} with {s["checkpoint"]}: {s["lines"]} lines, {s["words"]} words '
+          f'({s["out_of_vocabulary"]} read as <unk>, {s["respelled"]} respelled; '
+          f'{s["scored_as_unk"]} tokens scored as <unk>); layout: {s["layout"]}', file=out)
+    if s['tokens_not_scored']:
+        print(f'{s["tokens_not_scored"]} tokens not scored by this layout (each row\'s first '
+              'token and the tail that does not fill a row); --batch_size 1 scores every token',
+              file=out)
     print(f'Loss: {totals.loss:.4f}, Perplexity: {perplexity(totals.loss):.4f} '
           f'({totals.targets} targets)', file=out)
     print(f'Loss without <sos>: {totals.loss_no_sos:.4f}, Perplexity without <sos>: '
           f'{perplexity(totals.loss_no_sos):.4f} ({totals.targets_no_sos} targets)', file=out)
-    return 0
 
 
 if __name__ == '__main__':
