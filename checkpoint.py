@@ -297,8 +297,10 @@ def check_same_data(ckpt, path, corpus, data_dir):
 
 
 def load_last_checkpoint(path):
-    """A last checkpoint, refused with advice when it is a best one."""
-    ckpt = load_checkpoint(path)
+    """A last checkpoint, refused with advice when it is missing or a best one."""
+    ckpt = load_checkpoint(path, missing_hint='; there is no last checkpoint to continue from '
+                           '(start afresh with --overwrite, or resume another run with '
+                           '--resume PATH)')
     if 'optimizer' not in ckpt:
         raise CheckpointError(f'{path} holds a model only; resume from the ".last.pt" '
                               'checkpoint written beside it')

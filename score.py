@@ -102,11 +102,11 @@ def add_adaptive_flags(parser):
     add('--cache_theta', type=non_negative_float, default=0.3,
         help='Sharpness of the match between outputs')
     add('--cache_lambda', type=checked_number(float, lambda v: 0 <= v <= 1, 'in [0, 1]'),
-        default=0.1, help='Weight of the cache in the mixture')
+        default=0.15, help='Weight of the cache in the mixture')
     add('--dynamic', action='store_true',
         help='Dynamic evaluation (Krause et al. 2018, RMS): a gradient step after each segment')
     add('--dynamic_lr', type=non_negative_float, default=3e-5, help='Step size (eta)')
-    add('--dynamic_decay', type=non_negative_float, default=1e-3,
+    add('--dynamic_decay', type=non_negative_float, default=0.0,
         help='Pull back towards the trained weights (lambda)')
     add('--dynamic_segment', type=positive_int, default=20, help='Tokens between steps')
     add('--dynamic_stats', metavar='FILE', default=None,

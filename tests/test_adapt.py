@@ -106,12 +106,21 @@ def test_tune_takes_its_values_from_the_tuning_file_alone(model, tmp_path):
                                    ['--cache', '--cache_lambda', '-0.1'],
                                    ['--dynamic', '--dynamic_segment', '0'],
                                    ['--dynamic', '--dynamic_lr', '-1'],
-                                   ['--dynamic', '--dynamic_decay', '-0.5'],
-                                   ['--cache', '--batch_size', '4'],
+                                   ['--dynamic', '--dynamic_decay', '-0.5']])
+def test_out_of_range_values_are_refused_by_argparse(flags, capsys):
+    import score
+    with pytest.raises(SystemExit) as exit:
+        score.build_parser().parse_args([*flags, 'x.txt'])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('score.py: error: argument') or 'error: argument' in err[-1]
+
+
+@pytest.mark.parametrize('flags', [['--cache', '--batch_size', '4'],
                                    ['--dynamic', '--independent'],
                                    ['--tune', 'valid.txt']])
-def test_out_of_range_values_are_refused_in_one_line(model, flags):
+def test_layouts_the_methods_cannot_use_are_refused_in_one_line(model, flags):
     proc = run_script('score.py', '--checkpoint', model['checkpoint'], *flags, 'x.txt')
     assert proc.returncode == 2
-    assert 'Traceback' not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(
-        'score.py: error:')
+    assert 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith('score.py: error:')

@@ -123,6 +123,11 @@ def test_a_fresh_start_without_a_last_checkpoint_does_not_offer_resume(tmp_path,
     assert proc.returncode == 1
     assert 'left no last checkpoint' in proc.stderr and '--overwrite' in proc.stderr
     assert 'Continue it with --resume' not in proc.stderr
+    resumed = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
+                         tmp_path / 'model.pt', '--resume')
+    assert resumed.returncode == 1
+    assert 'no last checkpoint to continue from' in resumed.stderr
+    assert '--overwrite' in resumed.stderr
 
 
 def test_a_finished_run_resumed_into_a_new_save_path_tests_its_best_model(tmp_path, one_epoch):
@@ -177,39 +182,46 @@ def lying_copy(trained, tmp_path, change):
     return path
 
 
-def every_reader(trained, path):
-    return [run_script('score.py', '--checkpoint', path, trained['corpus'] / 'test.txt',
-                       timeout=60),
-            run_script('generate.py', '--checkpoint', path, '--num_words', 3, timeout=60),
-            run_script('demo_tie.py', '--eval_only', '--data_dir', trained['corpus'],
-                       '--save_path', path, timeout=60)]
+def read_with(reader, trained, path):
+    """Run one of the three scripts that read a best checkpoint on `path`."""
+    if reader == 'score.py':
+        return run_script('score.py', '--checkpoint', path, trained['corpus'] / 'test.txt',
+                          timeout=60)
+    if reader == 'generate.py':
+        return run_script('generate.py', '--checkpoint', path, '--num_words', 3, timeout=60)
+    return run_script('demo_tie.py', '--eval_only', '--data_dir', trained['corpus'],
+                      '--save_path', path, timeout=60)
 
 
-@pytest.mark.parametrize('field, value', [('hidden_size', 10**6), ('embed_size', 10**9),
-                                          ('num_layers', 10**6)])
+# each case through one of the readers (they share load_checkpoint), all readers in turn
+@pytest.mark.parametrize('field, value, reader', [('hidden_size', 10**6, 'score.py'),
+                                                  ('embed_size', 10**9, 'generate.py'),
+                                                  ('num_layers', 10**6, 'demo_tie.py')])
 def test_sizes_that_do_not_match_the_weights_are_refused_before_anything_is_built(
-        trained, tmp_path, field, value):
+        trained, tmp_path, field, value, reader):
     path = lying_copy(trained, tmp_path, lambda c: c['model_args'].__setitem__(field, value))
-    for proc in every_reader(trained, path):
-        assert proc.returncode == 1, proc.stderr
-        assert 'does not match its weights' in proc.stderr or 'LSTM layers' in proc.stderr
-        assert 'Traceback' not in proc.stderr
+    proc = read_with(reader, trained, path)
+    assert proc.returncode == 1, proc.stderr
+    assert 'does not match its weights' in proc.stderr or 'LSTM layers' in proc.stderr
+    assert 'Traceback' not in proc.stderr
 
 
-@pytest.mark.parametrize('dtype', [torch.int64, torch.bool, torch.complex64])
-def test_weights_that_are_not_real_numbers_are_refused(trained, tmp_path, dtype):
+@pytest.mark.parametrize('dtype, reader', [(torch.int64, 'generate.py'),
+                                           (torch.bool, 'demo_tie.py'),
+                                           (torch.complex64, 'score.py')])
+def test_weights_that_are_not_real_numbers_are_refused(trained, tmp_path, dtype, reader):
     def cast(ckpt):
         ckpt['model_state']['fc.bias'] = ckpt['model_state']['fc.bias'].to(dtype)
-    path = lying_copy(trained, tmp_path, cast)
-    for proc in every_reader(trained, path):
-        assert proc.returncode == 1 and 'floating-point' in proc.stderr, proc.stderr
+    proc = read_with(reader, trained, lying_copy(trained, tmp_path, cast))
+    assert proc.returncode == 1 and 'floating-point' in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize('field, value', [('batch_size', '20'), ('batch_size', 0),
-                                          ('seq_length', -3), ('dropout', 5.0),
-                                          ('dropout', float('nan')), ('args', [1, 2])])
+@pytest.mark.parametrize('field, value, reader', [
+    ('batch_size', '20', 'score.py'), ('batch_size', 0, 'demo_tie.py'),
+    ('seq_length', -3, 'score.py'), ('dropout', 5.0, 'demo_tie.py'),
+    ('dropout', float('nan'), 'score.py'), ('args', [1, 2], 'demo_tie.py')])
 def test_stored_training_arguments_are_read_as_the_command_line_reads_them(
-        trained, tmp_path, field, value):
+        trained, tmp_path, field, value, reader):
     def change(ckpt):
         if field == 'args':
             ckpt['args'] = value
@@ -217,10 +229,9 @@ def test_stored_training_arguments_are_read_as_the_command_line_reads_them(
             ckpt['args'][field] = value
         if field == 'dropout':  # the rate the model is built with, too
             ckpt['model_args'][field] = value
-    path = lying_copy(trained, tmp_path, change)
-    for proc in every_reader(trained, path)[::2]:  # score.py and --eval_only read them
-        assert proc.returncode == 1, proc.stderr
-        assert 'is damaged' in proc.stderr and 'Traceback' not in proc.stderr
+    proc = read_with(reader, trained, lying_copy(trained, tmp_path, change))
+    assert proc.returncode == 1, proc.stderr
+    assert 'is damaged' in proc.stderr and 'Traceback' not in proc.stderr
 
 
 @pytest.mark.parametrize('field, value', [('lr', 'fast'), ('epochs', -5), ('optimizer', 'evil'),
