@@ -217,8 +217,7 @@ def test_weights_that_are_not_real_numbers_are_refused(trained, tmp_path, dtype,
 
 
 @pytest.mark.parametrize('field, value, reader', [
-    ('batch_size', '20', 'score.py'), ('batch_size', 0, 'demo_tie.py'),
-    ('seq_length', -3, 'score.py'), ('dropout', 5.0, 'demo_tie.py'),
+    ('batch_size', '20', 'score.py'), ('seq_length', -3, 'demo_tie.py'),
     ('dropout', float('nan'), 'score.py'), ('args', [1, 2], 'demo_tie.py')])
 def test_stored_training_arguments_are_read_as_the_command_line_reads_them(
         trained, tmp_path, field, value, reader):
@@ -252,8 +251,6 @@ def test_a_resume_refuses_stored_arguments_the_command_line_would_refuse(
 
 @pytest.mark.parametrize('command', [
     'score.py --checkpoint {ckpt} --per_token {test} | head -3',
-    'score.py --checkpoint {ckpt} --json {test} | head -1',
-    'score.py --checkpoint {ckpt} {test} | head -1',
     'generate.py --checkpoint {ckpt} --num_samples 50 --num_words 20 | head -1'])
 def test_a_closed_pipe_ends_the_script_quietly(trained, command):
     line = command.format(ckpt=trained['checkpoint'], test=trained['corpus'] / 'test.txt')
