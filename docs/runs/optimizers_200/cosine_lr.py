@@ -10,9 +10,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', '..'))
-import data  # noqa: E402
-import demo_tie  # noqa: E402
-from engine import window_lr_factors  # noqa: E402
+import data
+import demo_tie
+from engine import window_lr_factors
 
 EPOCHS = 8
 train = data.batchify(data.load_corpus('data/penn').train, 20)
