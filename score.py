@@ -244,6 +244,13 @@ class Totals(NamedTuple):
     targets_no_sos: int
 
 
+def totals_of(result):
+    """Totals of an engine.TokenLosses, as the trainer computes them."""
+    return Totals(result.sum_all / result.count_all,
+                  result.sum_no_sos / max(1, result.count_no_sos),
+                  result.count_all, result.count_no_sos)
+
+
 def totals_from(nll, is_sos):
     scored = ~np.isnan(nll)
     words = scored & ~is_sos
@@ -316,9 +323,7 @@ def score_text(args, model, text, ckpt, autocast_dtype):
               'state carried across lines'
               + (' (as the trainer evaluates)' if args.batch_size is None else ''))
     nll, result = score_carried(model, text.stream, batch_size, seq_length, autocast_dtype, device)
-    totals = Totals(result.sum_all / result.count_all,
-                    result.sum_no_sos / max(1, result.count_no_sos),
-                    result.count_all, result.count_no_sos)
+    totals = totals_of(result)
     return layout, nll, totals
 
 
@@ -345,9 +350,7 @@ def score_adaptive(args, model, stream, ckpt):
                                     scorer=adaptive_scorer(model, cache, dynamic))
     if dynamic is not None:
         dynamic.reset()
-    totals = Totals(result.sum_all / result.count_all,
-                    result.sum_no_sos / max(1, result.count_no_sos),
-                    result.count_all, result.count_no_sos)
+    totals = totals_of(result)
     return f'one stream, windows of {seq_length}, {describe_method(args)}', nll, totals
 
 
