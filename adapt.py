@@ -88,12 +88,15 @@ class DynamicEval:
     checkpoint's weights."""
 
     def __init__(self, model, rms, lr, decay):
-        self.model, self.lr, self.decay = model, lr, decay
+        self.model = model
         self.start = {name: p.detach().clone() for name, p in model.named_parameters()}
-        self.rms = rms
         mean = torch.cat([r.flatten() for r in rms.values()]).mean().clamp_min(1e-30)
         cap = 1 / decay if decay > 0 else math.inf
-        self.rate = {name: (r / mean).clamp(max=cap) for name, r in rms.items()}
+        # Per weight, computed once: the step is eta / (sqrt(MS) + eps), the pull towards
+        # the checkpoint lambda * r. A step then costs one fused multiply-add per tensor.
+        self.step_size = {name: lr / (r + EPSILON) for name, r in rms.items()}
+        self.pull = {name: decay * (r / mean).clamp(max=cap) for name, r in rms.items()} \
+            if decay > 0 else None
 
     @torch.no_grad()
     def step(self):
@@ -101,9 +104,10 @@ class DynamicEval:
         for name, p in self.model.named_parameters():
             if p.grad is None:
                 continue
-            p -= self.lr * p.grad.to_dense() / (self.rms[name] + EPSILON)
-            if self.decay:
-                p += self.decay * self.rate[name] * (self.start[name] - p)
+            grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
+            p.addcmul_(grad, self.step_size[name], value=-1)
+            if self.pull is not None:
+                p.addcmul_(self.start[name] - p, self.pull[name])
         self.model.zero_grad(set_to_none=True)
 
     @torch.no_grad()
