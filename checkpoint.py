@@ -231,6 +231,12 @@ def build_model(ckpt, device='cpu'):
     described = ckpt['model_args']
     model = LSTMLanguageModel(**{k: described[k] for k in MODEL_ARGS},
                               **{k: described[k] for k in MODEL_REGULARIZERS if k in described})
+    return load_weights(model, ckpt).to(device)
+
+
+def load_weights(model, ckpt):
+    """Put the checkpoint's weights into `model`, refusing weights that do not fit it or are
+    not finite. Returns the model."""
     try:
         model.load_state_dict(ckpt['model_state'])
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
@@ -241,7 +247,7 @@ def build_model(ckpt, device='cpu'):
     if bad:
         raise CheckpointError(f'the checkpoint holds NaN or infinite weights ({", ".join(bad)}): '
                               'it was saved from a run that diverged and cannot be used')
-    return model.to(device)
+    return model
 
 
 def model_args(args, vocab_size):

@@ -42,6 +42,7 @@ from checkpoint import (
     data_fingerprint,
     last_checkpoint,
     load_checkpoint,
+    load_weights,
     model_args,
     restore_training,
     save_checkpoint,
@@ -92,6 +93,7 @@ from runstate import (
     apply_changes,
     check_lock,
     claim_save_path,
+    merge_finetune_args,
     release_locks,
     restore_random_state,
     resume_command,
@@ -138,6 +140,12 @@ def build_parser():
              'most frequent first; the rest become <unk> (0: no limit)')
     add('--min_count', type=positive_int, default=1,
         help='Words seen fewer times in train.txt become <unk>')
+    add('--finetune', metavar='PATH', default=None,
+        help="Start a new run from a trained model's weights (a best or last checkpoint), with "
+             'its sizes, vocabulary, regularisers and layout (unless given) and this '
+             "command's optimizer, --lr, schedule and --epochs: a finishing phase. With "
+             '--optimizer ntasgd the weights are averaged from the first step, as in AWD-LSTM\'s '
+             'finetune')
     add('--overwrite', action='store_true',
         help='Start afresh where an earlier run left its files at --save_path (they are deleted)')
     add('--eval_only', action='store_true',
@@ -186,6 +194,7 @@ class Run:
     evaluator: object             # what validation runs (the compiled model, never DDP's)
     run_id: str                   # shared by this run's best and last checkpoints
     resumed_from: str = None      # the last checkpoint this run continues, if any
+    source: dict = None           # --finetune: the checkpoint whose weights the run starts from
     next_epoch: int = 1
     position: dict = None         # where in next_epoch a resumed run starts (None: its start)
     best_val: float = math.inf
@@ -201,16 +210,26 @@ class Run:
 
 
 def start_run(args, given, device, group, stop):
-    """Claim the save path, settle the flags (from the checkpoint on resume), read the data,
-    print the header, build the model and optimizer, and restore them on resume."""
+    """Claim the save path, settle the flags (from the checkpoint on resume or --finetune),
+    read the data, print the header, build the model and optimizer, and restore them on
+    resume."""
     apply_recipe(args, given)  # then claim_save_path takes what was not given from a resumed
     # checkpoint, the recipe's flags included
     files, ckpt, resume_path, changes = claim_save_path(args, given, group)
     if ckpt is not None:
         check_stored_args(ckpt, resume_path, build_parser())
-    corpus = read_data(args, files, group, ckpt, resume_path)
+    source = None
+    if args.finetune:
+        source = load_checkpoint(args.finetune)
+        check_stored_args(source, args.finetune, build_parser())
+        changes = merge_finetune_args(args, given, source, args.finetune)
+    corpus = read_data(args, files, group, ckpt, resume_path, source)
     model = LSTMLanguageModel(**model_args(args, len(corpus.vocab))).to(device)
+    if source is not None:
+        load_weights(model, source)
     print_header(args, corpus, model, group, device)
+    if source is not None:
+        print_finetune_header(args.finetune, source, changes)
     streams = {split: group.rows(data.batchify(getattr(corpus, split), args.batch_size)).to(device)
                for split in ('train', 'valid', 'test')}  # each process's rows of each stream
     optimizer = make_optimizer(model, args.lr, args.weight_decay, args.optimizer)
@@ -222,17 +241,23 @@ def start_run(args, given, device, group, stop):
                         args.beta, average_losses=group.mean if group.world_size > 1 else None)
     run = Run(args, group, files, corpus, streams, model, scheduler, stepping,
               evaluator=forward if group.world_size == 1 else model, run_id=uuid.uuid4().hex,
-              stop=stop)
+              source=source, stop=stop)
     seed_process(args.seed, group.rank)
     if ckpt is not None:
         resume(run, ckpt, resume_path, changes, given)
+    if source is not None and args.optimizer == 'ntasgd':
+        run.stepping = replace(stepping, weight_average=WeightAverage(model))
+        print('Averaging the weights from the first step (NT-ASGD fine-tuning, as AWD-LSTM\'s '
+              'finetune)')
     return run
 
 
-def read_data(args, files, group, ckpt, resume_path):
-    """The corpus, checked against the run being resumed. An earlier run's files are deleted
-    (--overwrite) only now, so that a typo in --data_dir does not cost them."""
-    corpus = data.load_corpus(args.data_dir, max_vocab=args.max_vocab, min_count=args.min_count)
+def read_data(args, files, group, ckpt, resume_path, source):
+    """The corpus, checked against the run being resumed; under --finetune read with the
+    model's vocabulary. An earlier run's files are deleted (--overwrite) only now, so that a
+    typo in --data_dir does not cost them."""
+    corpus = data.load_corpus(args.data_dir, vocab=source and source['vocab'],
+                              max_vocab=args.max_vocab, min_count=args.min_count)
     data.check_size('train', corpus.train, args.batch_size, args.seq_length)
     for split in ('valid', 'test'):  # one target per row at least
         data.check_size(split, getattr(corpus, split), args.batch_size)
@@ -256,6 +281,14 @@ def print_header(args, corpus, model, group, device):
     if group.world_size > 1:
         print(f'Processes: {group.world_size} ({args.batch_size // group.world_size} of the '
               f'{args.batch_size} rows each)')
+
+
+def print_finetune_header(path, source, changes):
+    val_loss = source.get('val_loss')
+    score = f', validation perplexity {perplexity(val_loss):.4f}' if val_loss else ''
+    print(f'Fine-tuning {path} (epoch {source.get("epoch")} of its run{score})')
+    for name, old, new in changes:
+        print(f'Changed for fine-tuning: --{name} {old} -> {new}')
 
 
 def report_unknown(corpus):
@@ -622,10 +655,13 @@ def explicit_flags(parser, argv):
 
 def check_flags(parser, args, given):
     """Refuse, with argparse's one-line message, flags that cannot go together. On resume
-    the sizes and the optimizer come from the checkpoint (runstate.claim_save_path)."""
+    the sizes and the optimizer come from the checkpoint (runstate.claim_save_path); under
+    --finetune the sizes do."""
     fresh = args.resume is None
+    if args.finetune is not None:
+        check_finetune_flags(parser, args)
     problem = tied_size_problem(args.tied, args.embed_size, args.hidden_size)
-    if problem and fresh:
+    if problem and fresh and args.finetune is None:
         parser.error(problem)
     if args.optimizer != 'adam' and 'lr' not in given and fresh:
         parser.error(f'--optimizer {args.optimizer} needs an --lr of its own: the default 0.001 '
@@ -638,6 +674,23 @@ def check_flags(parser, args, given):
                      '<unk> take 4 places); use 0 for no limit')
 
 
+def check_finetune_flags(parser, args):
+    if args.resume is not None:
+        parser.error('--finetune starts a new run from a trained model and --resume continues '
+                     'a run: a stopped fine-tuning run resumes without --finetune')
+    if args.eval_only:
+        parser.error('--finetune trains; --eval_only evaluates the model at --save_path')
+    try:
+        files = RunFiles.beside(args.save_path)
+    except CheckpointError:
+        return  # claim_save_path says what is wrong with it
+    own = [path for path in files
+           if os.path.exists(path) and os.path.samefile(path, args.finetune)]
+    if own:
+        parser.error(f'--finetune {args.finetune} is a file of this run\'s --save_path '
+                     f'{args.save_path}, which the run would overwrite; give another --save_path')
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -648,7 +701,7 @@ def main(argv=None):
         group, device = setup_processes(args.device)
     except ValueError as e:
         parser.error(str(e))
-    if args.resume is None and not args.eval_only:
+    if args.resume is None and args.finetune is None and not args.eval_only:
         problem = memory_problem(args, device)
         if problem:
             parser.error(problem)

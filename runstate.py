@@ -197,6 +197,11 @@ CHANGEABLE_ON_RESUME = ('epochs', 'lr', 'weight_decay', 'lr_factor', 'lr_patienc
                         'nonmono', 'warmup')
 # Fixed in the middle of an epoch (the position is a window of this layout); free between epochs.
 LAYOUT = ('batch_size', 'seq_length', 'variable_bptt')
+# Under --finetune: the flags of the model being fine-tuned, from its checkpoint unless given
+# (those that define it must agree; its regularisers and data layout may change).
+FROM_THE_MODEL = ('embed_size', 'hidden_size', 'num_layers', 'tied', 'max_vocab', 'min_count',
+                  'recipe', 'variational', 'dropout', 'dropouti', 'dropouth', 'dropoute',
+                  'wdrop', 'alpha', 'beta') + LAYOUT
 # Flags above added after checkpoints existed, with the value every run before them had: a
 # checkpoint without them is read as having these.
 BEFORE_THE_FLAG = {'recipe': 'reference', 'variational': False, 'variable_bptt': False,
@@ -209,7 +214,7 @@ def flag_syntax(name, value):
     return f'--{name} {value}'
 
 
-def merge_resume_args(args, given, saved, mid_epoch):
+def merge_resume_args(args, given, saved, mid_epoch, source='the run being resumed'):
     """Settle `args` for a resume: flags not `given` on the command line take the
     checkpoint's values (`saved`); given ones must agree with it where they define the model,
     data or layout. Returns the changed flags as (name, old, new)."""
@@ -226,11 +231,19 @@ def merge_resume_args(args, given, saved, mid_epoch):
                 conflicts.append(name)
     if conflicts:
         wanted = ', '.join(flag_syntax(n, saved[n]) for n in conflicts)
-        raise CheckpointError(f'the run being resumed was made with {wanted}; leave these flags '
+        raise CheckpointError(f'{source} was made with {wanted}; leave these flags '
                               'out (they come from the checkpoint) or give those values'
                               + (' (batch size and window length can change between epochs, not '
                                  'inside one)' if set(conflicts) & set(LAYOUT) else ''))
     return changes
+
+
+def merge_finetune_args(args, given, ckpt, path):
+    """Settle `args` for --finetune, as for a resume but over the model's own flags alone
+    (FROM_THE_MODEL): the optimizer, its schedule, --lr and --epochs are this command's."""
+    saved = {**BEFORE_THE_FLAG, **(ckpt.get('args') or {})}
+    return merge_resume_args(args, given, {n: saved[n] for n in FROM_THE_MODEL if n in saved},
+                             mid_epoch=False, source=f'the model in {path}')
 
 
 def earlier_run_message(files):

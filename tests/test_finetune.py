@@ -1,0 +1,80 @@
+"""--finetune: a new run that starts from a trained model's weights (a finishing phase), with
+the model's own sizes, vocabulary and regularisers and the command's optimizer and schedule."""
+import shutil
+
+import pytest
+import torch
+
+from conftest import (
+    printed_test_lines,
+    run_script,
+    run_whole_and_interrupted,
+    states_equal,
+)
+
+
+def validation_perplexities(proc):
+    return [float(line.split('Validation Perplexity: ')[1].split(',')[0])
+            for line in proc.stdout.splitlines() if line.startswith('Epoch: ')]
+
+
+def test_a_finetuning_run_starts_from_the_trained_weights_with_their_sizes(trained, tmp_path):
+    """No size flag given: the model's come from the checkpoint, and with a step too small to
+    move anything, the first epoch validates where the trained model did (a fresh model of
+    this vocabulary validates near perplexity 12)."""
+    source = trained['checkpoint']
+    trained_ppl = validation_perplexities(trained['proc'])[-1]
+    proc = run_script('demo_tie.py', '--data_dir', trained['corpus'], '--finetune', source,
+                      '--lr', '1e-9', '--epochs', '1', '--dropout', '0.3',
+                      '--save_path', tmp_path / 'finish.pt')
+    assert proc.returncode == 0, proc.stderr
+    assert f'Fine-tuning {source} (epoch 3 of its run, validation perplexity {trained_ppl:.4f})' \
+        in proc.stdout
+    assert 'Changed for fine-tuning: --dropout 0.1 -> 0.3' in proc.stdout
+    total = [line for line in trained['proc'].stdout.splitlines() if line.startswith('Total')]
+    assert total[0] in proc.stdout.splitlines()
+    assert validation_perplexities(proc) == pytest.approx([trained_ppl], rel=1e-3)
+    finished = torch.load(tmp_path / 'finish.pt', weights_only=True)
+    assert finished['args']['dropout'] == 0.3 and finished['args']['lr'] == 1e-9
+    assert finished['model_args']['embed_size'] == 16
+
+
+def test_an_ntasgd_finetuning_run_averages_from_the_start_and_resumes_exactly(trained, tmp_path):
+    """AWD-LSTM's finetune: SGD with the weights averaged from the first step. Stopped by
+    SIGTERM in mid-epoch and resumed (without --finetune), it ends where the whole run does."""
+    source = tmp_path / 'source.pt'
+    shutil.copy(trained['checkpoint'], source)
+    whole, resumed = run_whole_and_interrupted(tmp_path, '--finetune', source, '--optimizer',
+                                               'ntasgd', '--lr', '1', '--epochs', '2')
+    assert 'Averaging the weights from the first step' in whole.stdout
+    assert 'Resuming from' in resumed.stdout and 'Fine-tuning' not in resumed.stdout
+    assert printed_test_lines(resumed) == printed_test_lines(whole)
+    assert states_equal(tmp_path / 'stopped' / 'model.pt', tmp_path / 'model.pt')
+    last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
+    best = torch.load(tmp_path / 'model.pt', weights_only=True)
+    assert last['weight_average']['count'] > 0
+    assert best['epoch'] == last['epoch'] == 2
+    assert all(torch.equal(best['model_state'][name], mean)  # the best model is the mean
+               for name, mean in last['weight_average']['mean'].items())
+    assert not states_equal(tmp_path / 'model.pt', tmp_path / 'model.last.pt')
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--embed_size', '32', '--hidden_size', '32'],
+     'was made with --embed_size 16, --hidden_size 16; leave these flags out'),
+    (['--resume'], '--finetune starts a new run from a trained model and --resume continues'),
+    (['--save_path', 'SOURCE'], 'is a file of this run\'s --save_path'),
+    (['--finetune', 'missing.pt'], 'checkpoint not found: missing.pt'),
+])
+def test_finetuning_flags_that_cannot_work_are_refused_in_one_line(trained, tmp_path, flags,
+                                                                   message):
+    source = tmp_path / 'source.pt'
+    shutil.copy(trained['checkpoint'], source)
+    flags = [str(source) if flag == 'SOURCE' else flag for flag in flags]
+    proc = run_script('demo_tie.py', '--data_dir', trained['corpus'], '--finetune', source,
+                      '--save_path', tmp_path / 'finish.pt', *flags, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert source.read_bytes() == trained['checkpoint'].read_bytes()
+
