@@ -8,7 +8,6 @@ import torch
 from conftest import (
     printed_test_lines,
     run_script,
-    run_whole_and_interrupted,
     states_equal,
 )
 
@@ -40,23 +39,33 @@ def test_a_finetuning_run_starts_from_the_trained_weights_with_their_sizes(train
 
 
 def test_an_ntasgd_finetuning_run_averages_from_the_start_and_resumes_exactly(trained, tmp_path):
-    """AWD-LSTM's finetune: SGD with the weights averaged from the first step. Stopped by
-    SIGTERM in mid-epoch and resumed (without --finetune), it ends where the whole run does."""
-    source = tmp_path / 'source.pt'
-    shutil.copy(trained['checkpoint'], source)
-    whole, resumed = run_whole_and_interrupted(tmp_path, '--finetune', source, '--optimizer',
-                                               'ntasgd', '--lr', '1', '--epochs', '2')
+    """AWD-LSTM's finetune: SGD with the weights averaged from the first step. Cut after its
+    first epoch and resumed (without --finetune), it ends where the whole run does: the mean
+    is carried, not started again."""
+    corpus, source = trained['corpus'], trained['checkpoint']
+    flags = ('--data_dir', corpus, '--optimizer', 'ntasgd', '--lr', '1')
+    whole = run_script('demo_tie.py', *flags, '--finetune', source, '--epochs', '2',
+                       '--save_path', tmp_path / 'whole.pt')
+    assert whole.returncode == 0, whole.stderr
     assert 'Averaging the weights from the first step' in whole.stdout
-    assert 'Resuming from' in resumed.stdout and 'Fine-tuning' not in resumed.stdout
+    cut = run_script('demo_tie.py', *flags, '--finetune', source, '--epochs', '1',
+                     '--save_path', tmp_path / 'cut.pt')
+    assert cut.returncode == 0, cut.stderr
+    resumed = run_script('demo_tie.py', '--data_dir', corpus, '--save_path', tmp_path / 'cut.pt',
+                         '--resume', '--epochs', '2')
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'Fine-tuning' not in resumed.stdout
     assert printed_test_lines(resumed) == printed_test_lines(whole)
-    assert states_equal(tmp_path / 'stopped' / 'model.pt', tmp_path / 'model.pt')
-    last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
-    best = torch.load(tmp_path / 'model.pt', weights_only=True)
+    assert states_equal(tmp_path / 'cut.last.pt', tmp_path / 'whole.last.pt')
+    last = torch.load(tmp_path / 'whole.last.pt', weights_only=True)
+    best = torch.load(tmp_path / 'whole.pt', weights_only=True)
     assert last['weight_average']['count'] > 0
     assert best['epoch'] == last['epoch'] == 2
     assert all(torch.equal(best['model_state'][name], mean)  # the best model is the mean
                for name, mean in last['weight_average']['mean'].items())
-    assert not states_equal(tmp_path / 'model.pt', tmp_path / 'model.last.pt')
+    assert not states_equal(tmp_path / 'whole.pt', tmp_path / 'whole.last.pt')
+    resumed_last = torch.load(tmp_path / 'cut.last.pt', weights_only=True)
+    assert resumed_last['weight_average']['count'] == last['weight_average']['count']
 
 
 @pytest.mark.parametrize('flags, message', [
