@@ -77,7 +77,8 @@ def gradient_rms(model, stream, segment, max_tokens):
             F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).backward()
             for name, p in model.named_parameters():
                 if p.grad is not None:
-                    sums[name] += p.grad.to_dense() ** 2
+                    grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
+                    sums[name].addcmul_(grad, grad)
             windows += 1
     model.zero_grad(set_to_none=True)
     return {name: (total / max(1, windows)).sqrt() for name, total in sums.items()}
