@@ -1,0 +1,24 @@
+"""Write rand650.pt: an untrained tied 2x650 model with PTB's vocabulary. The time score.py
+takes does not depend on the weights, so this times --dynamic at the full size before a
+trained 2x650 checkpoint exists. Run from the repository root:
+
+    python docs/runs/adaptive_650_speed/untrained_650.py
+"""
+import sys
+import uuid
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+import data  # noqa: E402
+import demo_tie  # noqa: E402
+from checkpoint import best_checkpoint, save_checkpoint  # noqa: E402
+from model import LSTMLanguageModel  # noqa: E402
+
+args = demo_tie.build_parser().parse_args(['--tied'])
+corpus = data.load_corpus(args.data_dir)
+torch.manual_seed(0)
+model = LSTMLanguageModel(len(corpus.vocab), 650, 650, 2, 0.5, True)
+save_checkpoint(best_checkpoint(model, corpus.vocab, args, 0, 9.2, uuid.uuid4().hex),
+                'rand650.pt')
