@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-import data  # noqa: E402
-import demo_tie  # noqa: E402
-from checkpoint import best_checkpoint, save_checkpoint  # noqa: E402
-from model import LSTMLanguageModel  # noqa: E402
+import data
+import demo_tie
+from checkpoint import best_checkpoint, save_checkpoint
+from model import LSTMLanguageModel
 
 args = demo_tie.build_parser().parse_args(['--tied'])
 corpus = data.load_corpus(args.data_dir)
