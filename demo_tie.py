@@ -194,7 +194,6 @@ class Run:
     evaluator: object             # what validation runs (the compiled model, never DDP's)
     run_id: str                   # shared by this run's best and last checkpoints
     resumed_from: str = None      # the last checkpoint this run continues, if any
-    source: dict = None           # --finetune: the checkpoint whose weights the run starts from
     next_epoch: int = 1
     position: dict = None         # where in next_epoch a resumed run starts (None: its start)
     best_val: float = math.inf
@@ -241,7 +240,7 @@ def start_run(args, given, device, group, stop):
                         args.beta, average_losses=group.mean if group.world_size > 1 else None)
     run = Run(args, group, files, corpus, streams, model, scheduler, stepping,
               evaluator=forward if group.world_size == 1 else model, run_id=uuid.uuid4().hex,
-              source=source, stop=stop)
+              stop=stop)
     seed_process(args.seed, group.rank)
     if ckpt is not None:
         resume(run, ckpt, resume_path, changes, given)
