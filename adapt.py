@@ -61,17 +61,22 @@ class NeuralCache:
         return nll
 
 
-def gradient_rms(model, stream, segment, max_tokens):
-    """Each parameter's root mean squared gradient of the loss on `stream` (ids, read as one
-    stream in segments of `segment` tokens, hidden state carried), over its first
-    `max_tokens` tokens: the MS of dynamic evaluation, square-rooted."""
+def gradient_rms(model, stream, segment, max_tokens, rows):
+    """Each parameter's root mean squared gradient of the loss on the first `max_tokens` of
+    `stream` (ids): the MS of dynamic evaluation, square-rooted. The text is laid out in `rows`
+    rows (data.batchify) and read in windows of `segment` columns, hidden state carried, one
+    gradient per window, as Krause et al. collect it over training batches. Averaged over many
+    rows, each gradient is mostly the weights' signal rather than one segment's noise: on PTB
+    that scaled the steps better than one row did (docs/results.md), and it is faster. A text
+    too short for `rows` rows of one window each is read in fewer rows."""
     model.eval()
-    stream = stream[:max_tokens + 1].view(1, -1)
+    stream = stream[:max_tokens]
+    text = data.batchify(stream, max(1, min(rows, stream.numel() // (segment + 1))))
     sums = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
-    hidden, windows = model.init_hidden(1), 0
+    hidden, windows = model.init_hidden(text.size(0)), 0
     with cudnn_backward_in_eval(stream.device):
-        for start in data.window_starts(stream, segment):
-            x, y = data.get_window(stream, start, segment)
+        for start in data.window_starts(text, segment):
+            x, y = data.get_window(text, start, segment)
             model.zero_grad(set_to_none=True)
             logits, hidden = model(x, detach_hidden(hidden))
             F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).backward()

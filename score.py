@@ -58,7 +58,7 @@ LINES_PER_BATCH = 64  # --independent: lines scored side by side (sorted by leng
 LOGITS_BUDGET = 2**24  # --independent: scores held at once (64 MB of float32)
 # --tune's grids: the dynamic evaluation's rate first (at the decay given), then its decay at
 # the best rate, then the cache's (theta, lambda) pairs over that adapting model
-DYNAMIC_LRS = (3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
+DYNAMIC_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4)
 DYNAMIC_DECAYS = (0.0, 1e-3, 1e-2)
 CACHE_THETAS = (0.1, 0.3, 0.6, 1.0)
 CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
@@ -112,8 +112,10 @@ def add_adaptive_flags(parser):
     add('--dynamic_stats', metavar='FILE', default=None,
         help="Text for the gradient statistics (default: train.txt of the checkpoint's "
              '--data_dir)')
-    add('--dynamic_stats_tokens', type=positive_int, default=100_000,
+    add('--dynamic_stats_tokens', type=positive_int, default=300_000,
         help='How many of its first tokens to use')
+    add('--dynamic_stats_rows', type=positive_int, default=64,
+        help='Rows that text is read in, side by side (one gradient each window)')
     add('--tune', metavar='FILE', default=None,
         help='Choose the values above on FILE (never on the scored text: valid.txt, say), '
              'print each grid point, then score the input with the values kept')
@@ -339,7 +341,7 @@ def score_adaptive(args, model, stream, ckpt):
     if args.dynamic:
         stats = read_text(args.dynamic_stats or stats_file(trained), vocab)
         rms = gradient_rms(model, stats.stream.to(device), args.dynamic_segment,
-                           args.dynamic_stats_tokens)
+                           args.dynamic_stats_tokens, args.dynamic_stats_rows)
     if args.tune:
         tune(args, model, rms, seq_length, read_text(args.tune, vocab))
     dynamic = DynamicEval(model, rms, args.dynamic_lr, args.dynamic_decay) if args.dynamic else None
@@ -371,7 +373,8 @@ def method_values(args):
     if args.dynamic:
         method['dynamic'] = {'lr': args.dynamic_lr, 'decay': args.dynamic_decay,
                              'segment': args.dynamic_segment,
-                             'stats_tokens': args.dynamic_stats_tokens}
+                             'stats_tokens': args.dynamic_stats_tokens,
+                             'stats_rows': args.dynamic_stats_rows}
     return method
 
 

@@ -1,5 +1,6 @@
 """score.py --cache and --dynamic (adapt.py), through the real script on a tiny model."""
 import json
+import math
 import random
 
 import pytest
@@ -37,7 +38,7 @@ def logprobs(doc):
 
 
 METHODS = {'cache': ['--cache', '--cache_lambda', '0.3', '--cache_theta', '1'],
-           'dynamic': ['--dynamic', '--dynamic_lr', '0.03', '--dynamic_segment', '5']}
+           'dynamic': ['--dynamic', '--dynamic_lr', '0.003', '--dynamic_segment', '5']}
 
 
 @pytest.mark.parametrize('method', sorted(METHODS))
@@ -88,7 +89,19 @@ def test_dynamic_evaluation_leaves_the_checkpoint_unchanged(model):
     assert model['checkpoint'].read_bytes() == before
 
 
+def test_dynamic_statistics_from_a_text_shorter_than_their_rows(model, tmp_path):
+    """Two short lines cannot fill --dynamic_stats_rows rows: they are read in fewer rows, and
+    the statistics still give steps of a sane size."""
+    (tmp_path / 'short.txt').write_text('w1 w2 w3\nw4 w5\n')
+    test = model['corpus'] / 'test.txt'
+    static, _ = score(model, test, '--batch_size', '1')
+    adapted, _ = score(model, test, *METHODS['dynamic'], '--dynamic_stats',
+                       tmp_path / 'short.txt', '--dynamic_stats_rows', '64')
+    assert math.isfinite(adapted['ppl']) and adapted['ppl'] < 1.5 * static['ppl']
+
+
 def test_tune_takes_its_values_from_the_tuning_file_alone(model, tmp_path):
+    import score as script
     (tmp_path / 'other.txt').write_text('w1 w1 w1 w1 w1 w1\nw2 w2 w2\n' * 20)
     flags = ['--cache', '--dynamic', '--tune', model['corpus'] / 'valid.txt']
     one, err_one = score(model, model['corpus'] / 'test.txt', *flags)
@@ -98,7 +111,8 @@ def test_tune_takes_its_values_from_the_tuning_file_alone(model, tmp_path):
     assert kept == [line for line in err_two.splitlines() if line.startswith('tune: keeping')]
     assert one['method'] == two['method']
     points = [line for line in err_one.splitlines() if 'perplexity without <sos>' in line]
-    assert len(points) == 5 + 3 + 4 * 5
+    assert len(points) == (len(script.DYNAMIC_LRS) + len(script.DYNAMIC_DECAYS)
+                           + len(script.CACHE_THETAS) * len(script.CACHE_LAMBDAS))
 
 
 @pytest.mark.parametrize('flags', [['--cache', '--cache_window', '-3'],
