@@ -113,7 +113,7 @@ class DynamicEval:
             grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
             p.addcmul_(grad, self.step_size[name], value=-1)
             if self.pull is not None:
-                p.addcmul_(self.start[name] - p, self.pull[name])
+                p.lerp_(self.start[name], self.pull[name])  # p += pull * (start - p)
         self.model.zero_grad(set_to_none=True)
 
     @torch.no_grad()

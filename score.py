@@ -105,8 +105,8 @@ def add_adaptive_flags(parser):
         default=0.15, help='Weight of the cache in the mixture')
     add('--dynamic', action='store_true',
         help='Dynamic evaluation (Krause et al. 2018, RMS): a gradient step after each segment')
-    add('--dynamic_lr', type=non_negative_float, default=3e-5, help='Step size (eta)')
-    add('--dynamic_decay', type=non_negative_float, default=0.0,
+    add('--dynamic_lr', type=non_negative_float, default=5e-5, help='Step size (eta)')
+    add('--dynamic_decay', type=non_negative_float, default=1e-3,
         help='Pull back towards the trained weights (lambda)')
     add('--dynamic_segment', type=positive_int, default=20, help='Tokens between steps')
     add('--dynamic_stats', metavar='FILE', default=None,
