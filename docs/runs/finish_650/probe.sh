@@ -10,7 +10,7 @@
 #
 # Run it again after a stop (SIGTERM saves): each probe resumes where it stopped, finished ones
 # are skipped. Logs: OUT/NAME.log, each ending in "exit STATUS". Extra flags for every run
-# (e.g. --data_dir) go in FLAGS.
+# and resume (e.g. --data_dir) go in FLAGS.
 set -uo pipefail
 best=$1 out=$2 n=${EPOCHS:-4}
 last=${best%.pt}.last.pt
@@ -25,18 +25,15 @@ probe() {  # NAME, then its flags (a --finetune start becomes --resume once it h
   fi
   local rc=0
   # shellcheck disable=SC2086
-  python demo_tie.py --save_path "$out/$name.pt" "$@" >> "$log" 2>> "$out/$name.err" || rc=$?
+  python demo_tie.py --save_path "$out/$name.pt" "$@" ${FLAGS:-} >> "$log" 2>> "$out/$name.err" || rc=$?
   echo "exit $rc" >> "$log"
   [ "$rc" -eq 0 ] || exit "$rc"  # stopped: run this script again to continue
 }
 
-# shellcheck disable=SC2086
-probe lr --finetune "$best" --amp --epochs "$n" --lr 0.00025 ${FLAGS:-}
-# shellcheck disable=SC2086
-probe ntasgd --finetune "$best" --amp --epochs "$n" --optimizer ntasgd --lr 30 --clip 0.25 ${FLAGS:-}
+probe lr --finetune "$best" --amp --epochs "$n" --lr 0.00025
+probe ntasgd --finetune "$best" --amp --epochs "$n" --optimizer ntasgd --lr 30 --clip 0.25
 if [ ! -f "$out/more.last.pt" ]; then
   cp "$best" "$out/more.pt" && cp "$last" "$out/more.last.pt"
 fi
 done_epochs=$(python -c "import torch, sys; print(torch.load(sys.argv[1], weights_only=True)['epoch'])" "$last")
-# shellcheck disable=SC2086
-probe more --resume "$out/more.last.pt" --epochs $((done_epochs + n)) ${FLAGS:-}
+probe more --resume "$out/more.last.pt" --epochs $((done_epochs + n))
