@@ -4,7 +4,8 @@
     cd docs/runs && python ../../plot.py ref40/ref40.csv regularized/regularized.csv --reference \
         -o recipe.png
 
-One line per CSV, labelled with the file's name. Needs matplotlib (pip install matplotlib),
+One line per CSV, labelled with the file's name (or --label). --epoch_only leaves out the time
+panel, for runs timed on different machines. Needs matplotlib (pip install matplotlib),
 which nothing else in the project uses.
 """
 import argparse
@@ -59,6 +60,9 @@ def main(argv=None):
                         help='image to write (PNG, SVG, PDF)')
     parser.add_argument('--reference', action='store_true',
                         help="mark the reference README's published points (epochs 1, 2 and 40)")
+    parser.add_argument('--epoch_only', action='store_true',
+                        help='draw only the by-epoch panel (for runs timed on different machines, '
+                             'whose training times do not compare)')
     parser.add_argument('--label', action='append', default=None, metavar='NAME',
                         help='legend name of each CSV, in order (default: the file name, with '
                              'its folder where two files share a name)')
@@ -80,18 +84,24 @@ def main(argv=None):
         print('error: plot.py needs matplotlib: pip install matplotlib', file=sys.stderr)
         return 1
 
-    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    if args.epoch_only:
+        fig, by_epoch = plt.subplots(figsize=(6, 4.2))
+        panels = [by_epoch]
+    else:
+        fig, panels = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        by_epoch, by_time = panels
+        by_time.set_xlabel('training time (minutes, cumulative)')
     for label, (epochs, ppl, clock) in curves:
         by_epoch.plot(epochs, ppl, marker='o', label=label)
-        by_time.plot([s / 60 for s in clock], ppl, marker='o', label=label)
+        if not args.epoch_only:
+            by_time.plot([s / 60 for s in clock], ppl, marker='o', label=label)
     if args.reference:
         by_epoch.plot(list(REFERENCE_POINTS), list(REFERENCE_POINTS.values()), 'k*', markersize=11,
                       linestyle='none', label='reference README (epochs 1, 2, 40)')
         by_epoch.axhline(REFERENCE_POINTS[40], color='k', linewidth=0.8, linestyle=':')
     by_epoch.set_xlabel('epoch')
-    by_time.set_xlabel('training time (minutes, cumulative)')
     by_epoch.set_ylabel('validation perplexity (log scale)')
-    for ax in (by_epoch, by_time):
+    for ax in panels:
         ax.set_yscale('log')  # perplexity falls fast early, slowly later: log keeps both readable
         plain = FuncFormatter(lambda value, _: f'{value:g}')  # 140, not 1.4 x 10^2
         ax.yaxis.set_major_formatter(plain)

@@ -23,6 +23,20 @@ def test_plot_writes_a_png_from_two_runs(trained, tmp_path):
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def png_width(path):
+    return int.from_bytes(path.read_bytes()[16:20], 'big')  # the IHDR chunk's first field
+
+
+@pytest.mark.skipif(not has_matplotlib, reason='matplotlib not installed (optional)')
+def test_epoch_only_draws_one_panel(trained, tmp_path):
+    csv = trained['folder'] / 'model.csv'
+    both, one = tmp_path / 'both.png', tmp_path / 'one.png'
+    assert run_script('plot.py', csv, '-o', both).returncode == 0
+    proc = run_script('plot.py', csv, '-o', one, '--epoch_only', '--label', 'tied')
+    assert proc.returncode == 0, proc.stderr
+    assert png_width(one) < 0.6 * png_width(both)
+
+
 def test_missing_csv_fails_cleanly(tmp_path):
     proc = run_script('plot.py', tmp_path / 'none.csv', '-o', tmp_path / 'x.png')
     assert proc.returncode == 1 and 'cannot read' in proc.stderr and 'Traceback' not in proc.stderr
