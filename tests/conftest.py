@@ -1,5 +1,8 @@
 """Shared helpers: tiny corpora written into tmp folders, and the real scripts run as
 subprocesses (the way a user runs them)."""
+import contextlib
+import importlib
+import io
 import os
 import shutil
 import signal
@@ -44,6 +47,28 @@ def run_script(script, *args, cwd=None, timeout=300):
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=env,
                           check=False)
+
+
+def run_main(script, *args):
+    """Call `script`'s main(args) in this process, for what a script answers before any work
+    (--help, a refused flag): it prints what the command line would, without the seconds a
+    subprocess spends importing PyTorch. Returns a CompletedProcess, as run_script does."""
+    module = importlib.import_module(script.removesuffix('.py'))
+    # byte-backed, as sys.stdout is: demo_tie.py reconfigures its line buffering
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding='utf-8', write_through=True)
+                for _ in range(2))
+    sigpipe = signal.getsignal(signal.SIGPIPE)  # generate.py and score.py set their own
+    argv, sys.argv = sys.argv, [script]  # argparse names the program after sys.argv[0]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = module.main([str(a) for a in args])
+    except SystemExit as e:
+        status = e.code
+    finally:
+        signal.signal(signal.SIGPIPE, sigpipe)
+        sys.argv = argv
+    return subprocess.CompletedProcess([script, *args], status, out.buffer.getvalue().decode(),
+                                       err.buffer.getvalue().decode())
 
 
 def train_tiny(folder, *extra, epochs=3):

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from conftest import TINY, run_script, write_corpus
+from conftest import TINY, run_main, run_script, write_corpus
 
 WORDS = [f'w{i}' for i in range(30)]
 
@@ -134,7 +134,7 @@ def test_out_of_range_values_are_refused_by_argparse(flags, capsys):
                                    ['--dynamic', '--independent'],
                                    ['--tune', 'valid.txt']])
 def test_layouts_the_methods_cannot_use_are_refused_in_one_line(model, flags):
-    proc = run_script('score.py', '--checkpoint', model['checkpoint'], *flags, 'x.txt')
+    proc = run_main('score.py', '--checkpoint', model['checkpoint'], *flags, 'x.txt')
     assert proc.returncode == 2
     assert 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith('score.py: error:')

@@ -7,7 +7,7 @@ import torch
 import data
 import generate
 from checkpoint import build_model, load_checkpoint
-from conftest import PATTERN, run_script
+from conftest import PATTERN, run_main, run_script
 
 ORDER = PATTERN.split()
 
@@ -114,7 +114,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     (('--top_k', '-2'), r'argument --top_k'),
 ])
 def test_bad_flags_fail_cleanly(trained, args, message):
-    proc = gen(trained, *args)
+    proc = run_main('generate.py', '--checkpoint', trained['checkpoint'], *args)
     assert proc.returncode == 2 and re.search(message,
                                               proc.stderr) and 'Traceback' not in proc.stderr
 

@@ -12,7 +12,16 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY, copy_run, pattern_corpus, run_script, train_tiny, write_corpus
+from conftest import (
+    ROOT,
+    TINY,
+    copy_run,
+    pattern_corpus,
+    run_main,
+    run_script,
+    train_tiny,
+    write_corpus,
+)
 from runstate import read_metrics
 
 
@@ -336,9 +345,8 @@ def test_a_huge_seed_is_refused_by_argparse(script):
 
 
 def test_bench_checks_its_json_path_before_measuring(tmp_path):
-    proc = run_script('bench.py', '--json', tmp_path / 'no' / 'such' / 'dir.json', '--embed_size',
-                      '8',
-                      '--hidden_size', '8', timeout=60)
+    proc = run_main('bench.py', '--json', tmp_path / 'no' / 'such' / 'dir.json', '--embed_size',
+                    '8', '--hidden_size', '8')
     assert proc.returncode == 2 and 'cannot write --json' in proc.stderr
     assert 'measure' not in proc.stdout
 
@@ -353,13 +361,13 @@ def test_generate_without_a_checkpoint_says_how_to_get_one(tmp_path):
 
 @pytest.mark.parametrize('script', ['demo_tie.py', 'generate.py', 'bench.py', 'score.py'])
 def test_threads_flag_and_defaults_in_help(script):
-    proc = run_script(script, '--help')
+    proc = run_main(script, '--help')
     assert proc.returncode == 0 and '--threads' in proc.stdout and '(default: ' in proc.stdout
-    assert run_script(script, '--threads', '0').returncode == 2
+    assert run_main(script, '--threads', '0').returncode == 2
 
 
 def test_help_shows_the_reference_defaults():
-    text = ' '.join(run_script('demo_tie.py', '--help').stdout.split())
+    text = ' '.join(run_main('demo_tie.py', '--help').stdout.split())
     for flag, default in (('--batch_size', '20'), ('--lr', '0.001'), ('--epochs', '40'),
                           ('--save_path', 'best_model.pt'), ('--dropout', '0.5')):
         assert re.search(re.escape(flag) + r' \S+ .*?\(default: ' + re.escape(default) + r'\)',

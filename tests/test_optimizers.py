@@ -14,6 +14,7 @@ import data
 from checkpoint import build_model
 from conftest import (
     printed_test_lines,
+    run_main,
     run_script,
     run_whole_and_interrupted,
     states_equal,
@@ -137,7 +138,7 @@ def test_ntasgd_averages_from_the_epoch_its_trigger_picks_and_resumes_exactly(tm
 
 
 def test_sgd_needs_a_learning_rate_of_its_own(tmp_path):
-    proc = run_script('demo_tie.py', '--optimizer', 'sgd', '--tied', '--save_path',
+    proc = run_main('demo_tie.py', '--optimizer', 'sgd', '--tied', '--save_path',
                       tmp_path / 'm.pt')
     assert proc.returncode == 2
     assert '--optimizer sgd needs an --lr' in proc.stderr and 'Traceback' not in proc.stderr
@@ -216,7 +217,7 @@ def test_a_cosine_run_prints_its_rate_and_resumes_bit_for_bit_from_mid_epoch(tmp
 
 
 def test_plateau_flags_are_refused_under_the_cosine_schedule(tmp_path):
-    proc = run_script('demo_tie.py', '--tied', '--schedule', 'cosine', '--lr_patience', '3',
+    proc = run_main('demo_tie.py', '--tied', '--schedule', 'cosine', '--lr_patience', '3',
                       '--save_path', tmp_path / 'm.pt')
     assert proc.returncode == 2
     assert '--lr_factor and --lr_patience belong to --schedule plateau' in proc.stderr

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import data
 from conftest import (
     printed_test_lines,
+    run_main,
     run_script,
     run_whole_and_interrupted,
     states_equal,
@@ -186,7 +187,7 @@ def test_the_preset_trains_resumes_evaluates_and_generates(tmp_path):
 
 
 def test_help_lists_the_regularisers_off_by_default():
-    out = run_script('demo_tie.py', '--help').stdout
+    out = run_main('demo_tie.py', '--help').stdout
     for flag in ('--recipe', '--variational', '--dropouti', '--dropouth', '--dropoute', '--wdrop',
                  '--alpha', '--beta', '--variable_bptt'):
         assert flag in out

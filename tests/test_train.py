@@ -7,7 +7,7 @@ import stat
 import pytest
 import torch
 
-from conftest import PATTERN, TINY, pattern_corpus, run_script, write_corpus
+from conftest import PATTERN, TINY, pattern_corpus, run_main, run_script, write_corpus
 
 
 def test_training_prints_the_reference_lines_and_learns_a_predictable_corpus(trained):
@@ -82,7 +82,7 @@ def fails(proc, message):
                                         ('--lr', '0'), ('--lr', 'nan'), ('--clip', '-1'),
                                         ('--lr_factor', '1.5'), ('--device', 'tpu')])
 def test_bad_flag_values_are_usage_errors(flag, value, tmp_path):
-    fails(run_script('demo_tie.py', flag, value, '--data_dir', tmp_path),
+    fails(run_main('demo_tie.py', flag, value, '--data_dir', tmp_path),
           f'argument {flag}|{value}')
 
 
