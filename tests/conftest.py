@@ -1,5 +1,6 @@
 """Shared helpers: tiny corpora written into tmp folders, and the real scripts run as
-subprocesses (the way a user runs them)."""
+subprocesses (the way a user runs them), or through their main() in-process for what they
+answer before any work (run_main)."""
 import contextlib
 import importlib
 import io
