@@ -5,6 +5,7 @@ memory.
     python bench.py --embed_size 200 --hidden_size 200 --windows 50 --json bench.json
     python bench.py --compare_example      # also time the word_language_model example's loop
     python bench.py --amp                  # each loop in float32 and under --amp, taking turns
+    python bench.py --recipe regularized   # the model and loss of demo_tie.py's recipe
     python bench.py --read_corpus DIR      # time reading a corpus folder, and its peak memory
 
 It imports train_epoch, evaluate and sample, so it times exactly what demo_tie.py and
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import sys
@@ -26,11 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import data
+from checkpoint import model_args
 from device import add_device_flags, apply_threads, keep_freed_memory, mixed_precision, pick_device
 from engine import Stepping, evaluate, make_optimizer, train_epoch
 from generate import sample
 from model import LSTMLanguageModel, detach_hidden, tied_size_problem
-from options import non_negative_int, positive_int, probability
+from options import explicit_flags, non_negative_int, positive_int, probability
+from recipe import add_regularizer_flags, apply_recipe
 from runstate import seed_everything
 
 PTB_VOCAB = 10002
@@ -144,6 +148,7 @@ def build_parser():
                    help='With --read_corpus: as in demo_tie.py')
     p.add_argument('--min_count', type=positive_int, default=1,
                    help='With --read_corpus: as in demo_tie.py')
+    add_regularizer_flags(p)  # as in demo_tie.py: --recipe, and the flags it sets
     return p
 
 
@@ -158,10 +163,11 @@ def loops_to_time(args, device):
     steps = args.windows * args.seq_length + 1
     stream, vocab_size, source = token_stream(steps * args.batch_size)
     batched = data.batchify(stream, args.batch_size).to(device)
-    windows = data.fixed_windows(batched, args.seq_length)
-    model = LSTMLanguageModel(vocab_size, args.embed_size, args.hidden_size, args.num_layers,
-                              args.dropout, args.tied).to(device)
-    stepping = Stepping(make_optimizer(model, 1e-3, 1e-5), clip=5.0)
+    windows = (data.variable_windows(batched, args.seq_length, random.Random(0))
+               if args.variable_bptt else data.fixed_windows(batched, args.seq_length))
+    model = LSTMLanguageModel(**model_args(args, vocab_size)).to(device)
+    stepping = Stepping(make_optimizer(model, 1e-3, 1e-5), clip=5.0, alpha=args.alpha,
+                        beta=args.beta)
     tokens = batched.size(0) * (batched.size(1) - 1)
     prompt = [data.SOS] + stream[:10].tolist()
     generator = torch.Generator().manual_seed(0)
@@ -187,7 +193,7 @@ def loops_to_time(args, device):
                  args.gen_words, 'words/s')}
     config = (f'{args.num_layers}x{args.hidden_size} {"tied" if args.tied else "untied"}, embed '
               f'{args.embed_size}, batch {args.batch_size}, seq {args.seq_length}, vocab '
-              f'{vocab_size} ({source}), {args.windows} windows a repeat')
+              f'{vocab_size} ({source}), {args.windows} windows a repeat, recipe {args.recipe}')
     return config, loops
 
 
@@ -213,6 +219,10 @@ def print_results(config, device, results, peak):
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    apply_recipe(args, explicit_flags(p, argv))
+    if args.compare_example and args.variational:
+        p.error("--compare_example times the example's loop on the reference's model: "
+                'it cannot run the layer-by-layer LSTM of --variational')
     if tied_size_problem(args.tied, args.embed_size, args.hidden_size):
         p.error(tied_size_problem(args.tied, args.embed_size, args.hidden_size)
                 + ' (or pass --no-tied)')

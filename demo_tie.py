@@ -21,7 +21,6 @@ if __name__ == '__main__':  # before PyTorch is imported (a second or more): a s
 
 import argparse
 import contextlib
-import copy
 import math
 import os
 import random
@@ -78,6 +77,7 @@ from model import (
     tied_size_problem,
 )
 from options import (
+    explicit_flags,
     factor,
     non_negative_float,
     non_negative_int,
@@ -642,14 +642,6 @@ def memory_problem(args, device):
             f'{args.num_layers} make an LSTM of {parameters:,} parameters, which needs at least '
             f'{need / 2**30:,.1f} GiB for its weights, gradients and optimizer state; {device} '
             f'has {have / 2**30:,.1f} GiB')
-
-
-def explicit_flags(parser, argv):
-    """The flags given on the command line (not left at their defaults)."""
-    probe = copy.deepcopy(parser)
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(probe.parse_args(argv)))
 
 
 def check_flags(parser, args, given):

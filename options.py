@@ -4,6 +4,7 @@ Each type refuses what would fail later, or silently do nothing: argparse then p
 one-line message naming the flag, instead of a traceback hours into a run.
 """
 import argparse
+import copy
 import math
 
 
@@ -27,3 +28,11 @@ probability = checked_number(float, lambda v: 0 <= v < 1, 'a probability in [0, 
 factor = checked_number(float, lambda v: 0 < v < 1, 'a factor in (0, 1)')
 # torch.manual_seed takes at most 64 bits; numpy's seed is taken modulo 2**32.
 seed_value = checked_number(int, lambda v: 0 <= v < 2**63, 'a seed in [0, 2**63)')
+
+
+def explicit_flags(parser, argv):
+    """The flags given on the command line (not left at their defaults)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))

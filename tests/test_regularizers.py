@@ -17,7 +17,14 @@ from conftest import (
     train_tiny,
 )
 from engine import Stepping, activation_penalty, train_epoch, window_lr_factors
-from model import LSTMLanguageModel, count_parameters, locked_dropout, run_lstm, word_mask
+from model import (
+    LSTMLanguageModel,
+    count_parameters,
+    dropconnect,
+    locked_dropout,
+    run_lstm,
+    word_mask,
+)
 
 REGULARIZED = {'variational': True, 'dropouti': 0.4, 'dropouth': 0.3, 'dropoute': 0.1, 'wdrop': 0.5}
 
@@ -57,7 +64,7 @@ def test_weight_drop_uses_one_hidden_to_hidden_mask_for_the_whole_sequence():
     state = torch.get_rng_state()
     out, _ = run_lstm(lstm, x, h0, 0.5)
     torch.set_rng_state(state)
-    w_hh = F.dropout(lstm.weight_hh_l0, 0.5, True)  # the same draw
+    w_hh = dropconnect(lstm.weight_hh_l0, 0.5)  # the same draw
     assert (w_hh == 0).any()
     cell = torch.nn.LSTMCell(5, 6)
     with torch.no_grad():
@@ -71,6 +78,20 @@ def test_weight_drop_uses_one_hidden_to_hidden_mask_for_the_whole_sequence():
     assert not torch.allclose(out, lstm(x, h0)[0], atol=1e-3)  # the drop did something
     out.sum().backward()
     assert lstm.weight_hh_l0.grad is not None  # and the module's own weight learns
+
+
+def test_dropconnect_drops_at_its_rate_and_keeps_the_expected_weight():
+    """Each entry is dropped with probability p and the kept ones are scaled so that the
+    expected weight is unchanged, as F.dropout does; the gradient flows to the kept entries."""
+    torch.manual_seed(3)
+    weight = torch.randn(400, 500, requires_grad=True)
+    for p in (0.1, 0.5, 0.8):
+        dropped = dropconnect(weight, p)
+        kept = dropped != 0
+        assert abs(1 - kept.float().mean().item() - p) < 0.01
+        assert torch.allclose(dropped[kept], weight[kept] / (1 - p))
+    dropped.sum().backward()
+    assert torch.equal(weight.grad, kept.float() / (1 - p))
 
 
 def test_activation_penalties_are_ar_and_tar():

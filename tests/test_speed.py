@@ -9,7 +9,7 @@ import torch
 
 import data
 from bench import example_train
-from conftest import run_script, train_tiny
+from conftest import run_main, run_script, train_tiny
 from device import cpu_has_native_bfloat16
 from engine import Stepping, make_optimizer, train_epoch
 from model import LSTMLanguageModel
@@ -109,3 +109,20 @@ def test_bench_prints_its_table_and_json(tmp_path):
     assert set(result['results']) == {'train', 'train (word_language_model loop)', 'evaluate',
                                       'generate'} | amp_rows
     assert all(r['median'] > 0 for r in result['results'].values())
+
+
+def test_bench_times_the_model_and_loss_of_a_recipe(tmp_path):
+    """--recipe builds the model demo_tie.py's recipe trains (its regularisers, a flag given
+    overriding it) and trains it with the recipe's activation penalties."""
+    out = tmp_path / 'bench.json'
+    proc = run_script('bench.py', '--embed_size', '16', '--hidden_size', '16', '--batch_size', '4',
+                      '--seq_length', '5', '--windows', '3', '--repeats', '1', '--warmup', '0',
+                      '--gen_words', '5', '--recipe', 'regularized', '--wdrop', '0.3',
+                      '--json', out)
+    assert proc.returncode == 0, proc.stderr
+    assert 'recipe regularized' in proc.stdout
+    args = json.loads(out.read_text())['args']
+    assert args['variational'] and args['variable_bptt'] and args['dropout'] == 0.4
+    assert args['wdrop'] == 0.3 and args['alpha'] == 2.0  # given, and from the recipe
+    refused = run_main('bench.py', '--recipe', 'regularized', '--compare_example')
+    assert refused.returncode == 2 and '--variational' in refused.stderr
