@@ -138,8 +138,8 @@ def run_lstm(lstm, x, hidden, wdrop):
 
 def dropconnect(weight, p):
     """`weight` with each entry zeroed with probability p and the rest scaled by 1/(1-p): what
-    F.dropout(weight, p) computes, from a uniform draw rather than bernoulli_, which on a CPU
-    takes about 3x as long for a 650-unit LSTM's hidden-to-hidden matrix (docs/performance.md)."""
+    F.dropout(weight, p) computes, from a uniform draw rather than bernoulli_, which is slower
+    on a CPU (measured in docs/performance.md)."""
     return weight * torch.rand_like(weight).ge_(p).mul_(1 / (1 - p))
 
 
