@@ -52,8 +52,11 @@ def run_script(script, *args, cwd=None, timeout=300):
 
 def run_main(script, *args):
     """Call `script`'s main(args) in this process, for what a script answers before any work
-    (--help, a refused flag): it prints what the command line would, without the seconds a
-    subprocess spends importing PyTorch. Returns a CompletedProcess, as run_script does."""
+    (--help, a refused flag, a checkpoint or data file it refuses): it prints what the command
+    line would, without the three seconds a subprocess spends importing PyTorch, and an
+    exception that would be a user's traceback fails the test. Runs that train, signals, locks
+    held by another process and closed pipes stay subprocesses (run_script), as does one
+    refusal per script. Returns a CompletedProcess, as run_script does."""
     module = importlib.import_module(script.removesuffix('.py'))
     # byte-backed, as sys.stdout is: demo_tie.py reconfigures its line buffering
     out, err = (io.TextIOWrapper(io.BytesIO(), encoding='utf-8', write_through=True)

@@ -117,8 +117,7 @@ def test_a_save_path_taken_by_an_earlier_run_ends_every_process_with_one_message
     assert '[rank1]' not in proc.stderr and 'Signal 15' not in proc.stderr, proc.stderr[-3000:]
 
 
-def test_sigterm_stops_every_process_and_the_run_resumes_exactly(corpus, tmp_path, one_and_two):
-    _folder, _, _two = one_and_two
+def test_sigterm_stops_every_process_and_the_run_resumes_exactly(corpus, tmp_path):
     big = write_corpus(tmp_path / 'corpus', (corpus / 'train.txt').read_text() * 4,
                        (corpus / 'valid.txt').read_text(), (corpus / 'test.txt').read_text())
     full = torchrun(2, '--data_dir', big, *FLAGS, '--dropout', '0.2', '--epochs', 1,

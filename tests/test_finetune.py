@@ -7,6 +7,7 @@ import torch
 
 from conftest import (
     printed_test_lines,
+    run_main,
     run_script,
     states_equal,
 )
@@ -76,12 +77,13 @@ def test_an_ntasgd_finetuning_run_averages_from_the_start_and_resumes_exactly(tr
     (['--finetune', 'missing.pt'], 'checkpoint not found: missing.pt'),
 ])
 def test_finetuning_flags_that_cannot_work_are_refused_in_one_line(trained, tmp_path, flags,
-                                                                   message):
+                                                                   message, monkeypatch):
     source = tmp_path / 'source.pt'
     shutil.copy(trained['checkpoint'], source)
     flags = [str(source) if flag == 'SOURCE' else flag for flag in flags]
-    proc = run_script('demo_tie.py', '--data_dir', trained['corpus'], '--finetune', source,
-                      '--save_path', tmp_path / 'finish.pt', *flags, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    proc = run_main('demo_tie.py', '--data_dir', trained['corpus'], '--finetune', source,
+                    '--save_path', tmp_path / 'finish.pt', *flags)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert 'Traceback' not in proc.stderr

@@ -54,6 +54,19 @@ def long_corpus(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope='module')
+def stopped_run(tmp_path_factory, long_corpus):
+    """A run stopped by SIGTERM in epoch 1: model.last.pt holds its position in mid-epoch, and
+    no epoch has ended. Tests copy what they change."""
+    folder = tmp_path_factory.mktemp('stopped')
+    proc = trainer(folder, '--epochs', 3, corpus=long_corpus)
+    wait_for(proc, 'Epoch 1:')
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    return folder
+
+
 # ---------------------------------------------------------------------------- runs and their files
 
 def test_a_second_trainer_on_the_same_save_path_is_refused_and_kill_leaves_no_stale_lock(
@@ -76,13 +89,14 @@ def test_a_second_trainer_on_the_same_save_path_is_refused_and_kill_leaves_no_st
 def test_a_fresh_run_over_an_earlier_runs_files_is_refused_unless_overwrite(tmp_path, one_epoch):
     copy_run(one_epoch, tmp_path)
     before = snapshot(tmp_path)
-    again, _ = train_tiny(tmp_path, epochs=1)
+    again = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied', '--epochs',
+                     1, '--save_path', tmp_path / 'model.pt')
     assert again.returncode == 1
     assert all(name in again.stderr for name in ('model.pt', 'model.last.pt', 'model.csv'))
     assert '--resume' in again.stderr and '--overwrite' in again.stderr
     assert snapshot(tmp_path) == before
-    typo = run_script('demo_tie.py', '--data_dir', tmp_path / 'no-data', *TINY, '--tied',
-                      '--save_path', tmp_path / 'model.pt', '--overwrite')
+    typo = run_main('demo_tie.py', '--data_dir', tmp_path / 'no-data', *TINY, '--tied',
+                    '--save_path', tmp_path / 'model.pt', '--overwrite')
     assert typo.returncode == 1 and snapshot(tmp_path) == before  # nothing deleted for nothing
     fresh, _ = train_tiny(tmp_path, '--overwrite', epochs=1)
     assert fresh.returncode == 0, fresh.stderr
@@ -91,10 +105,11 @@ def test_a_fresh_run_over_an_earlier_runs_files_is_refused_unless_overwrite(tmp_
 
 @pytest.mark.parametrize('save_path', ['m.csv', '', 'folder/', 'm.lock'])
 def test_save_paths_that_name_no_file_or_collide_are_refused_before_reading_data(tmp_path,
-                                                                                 save_path):
+                                                                                 save_path,
+                                                                                 monkeypatch):
     (tmp_path / 'folder').mkdir()
-    proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'no-data', '--save_path', save_path,
-                      cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'no-data', '--save_path', save_path)
     assert proc.returncode == 1
     assert 'save_path' in proc.stderr and 'data folder' not in proc.stderr, proc.stderr
 
@@ -117,12 +132,8 @@ def test_temporary_and_lock_files_are_ignored_by_git():
 
 # ---------------------------------------------------------------------------- the metrics CSV
 
-def test_the_csv_is_created_with_its_first_row(tmp_path, long_corpus):
-    proc = trainer(tmp_path, '--epochs', 3, corpus=long_corpus)
-    wait_for(proc, 'Epoch 1:')
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert (tmp_path / 'model.last.pt').exists() and not (tmp_path / 'model.csv').exists()
+def test_the_csv_is_created_with_its_first_row(stopped_run):
+    assert (stopped_run / 'model.last.pt').exists() and not (stopped_run / 'model.csv').exists()
 
 
 def test_a_csv_saved_by_a_spreadsheet_keeps_its_rows_on_resume(tmp_path):
@@ -144,7 +155,8 @@ def test_a_csv_the_trainer_cannot_read_is_kept_and_the_resume_refused(tmp_path, 
     csv_path = tmp_path / 'model.csv'
     renamed = csv_path.read_text().replace('val_ppl,', 'validation perplexity,', 1)
     csv_path.write_text(renamed)
-    resumed, _ = train_tiny(tmp_path, '--resume', epochs=2)
+    resumed = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--epochs', 2,
+                       '--save_path', tmp_path / 'model.pt', '--resume')
     assert resumed.returncode == 1 and 'left as it is' in resumed.stderr
     assert 'Traceback' not in resumed.stderr
     assert csv_path.read_text() == renamed
@@ -197,9 +209,8 @@ def test_resume_takes_the_model_flags_from_the_checkpoint(tmp_path, one_epoch):
 
 def test_a_contradicting_model_flag_is_refused_with_a_hint_in_valid_syntax(tmp_path, one_epoch):
     copy_run(one_epoch, tmp_path)
-    proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
-                      tmp_path / 'model.pt',
-                      '--num_layers', 2, '--resume')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
+                    tmp_path / 'model.pt', '--num_layers', 2, '--resume')
     assert proc.returncode == 1
     assert 'made with --num_layers 1;' in proc.stderr and 'True' not in proc.stderr
 
@@ -222,7 +233,8 @@ def test_resume_on_changed_data_is_refused_naming_the_split(tmp_path, split, one
     path = tmp_path / 'corpus' / f'{split}.txt'
     lines = path.read_text().splitlines()  # the same words, so the same vocabulary
     path.write_text('\n'.join(lines[:-1] + ['eight seven six five four three two one']) + '\n')
-    proc, _ = train_tiny(tmp_path, '--resume', epochs=2)
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--epochs', 2,
+                    '--save_path', tmp_path / 'model.pt', '--resume')
     assert proc.returncode == 1
     assert f'{split}.txt in ' in proc.stderr
     assert 'differ from the data this run started with' in proc.stderr
@@ -230,13 +242,10 @@ def test_resume_on_changed_data_is_refused_naming_the_split(tmp_path, split, one
 
 @pytest.mark.parametrize('damage', ['hidden shape', 'no rng', 'partial position',
                                     'optimizer state'])
-def test_a_damaged_but_loadable_last_checkpoint_is_refused_cleanly(tmp_path, long_corpus, damage):
-    proc = trainer(tmp_path, '--epochs', 3, corpus=long_corpus)
-    wait_for(proc, 'Epoch 1:')
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+def test_a_damaged_but_loadable_last_checkpoint_is_refused_cleanly(tmp_path, long_corpus, damage,
+                                                                  stopped_run):
     last = tmp_path / 'model.last.pt'
-    ckpt = torch.load(last, weights_only=True)
+    ckpt = torch.load(stopped_run / 'model.last.pt', weights_only=True)
     assert ckpt['position'] is not None
     if damage == 'hidden shape':
         ckpt['position']['hidden'] = tuple(h[:, :2] for h in ckpt['position']['hidden'])
@@ -248,9 +257,8 @@ def test_a_damaged_but_loadable_last_checkpoint_is_refused_cleanly(tmp_path, lon
         state = ckpt['optimizer']['state']
         state[0]['exp_avg'] = torch.zeros(3)
     torch.save(ckpt, last)
-    resumed = run_script('demo_tie.py', '--data_dir', long_corpus, '--save_path',
-                         tmp_path / 'model.pt',
-                         '--resume')
+    resumed = run_main('demo_tie.py', '--data_dir', long_corpus, '--save_path',
+                       tmp_path / 'model.pt', '--resume')
     assert resumed.returncode == 1, resumed.stderr
     assert 'is damaged and cannot be resumed' in resumed.stderr
     assert 'Traceback' not in resumed.stderr
@@ -262,9 +270,9 @@ def test_the_best_model_tested_after_a_resume_elsewhere_must_be_this_runs(tmp_pa
     elsewhere = tmp_path / 'b'
     elsewhere.mkdir()
     (elsewhere / 'model.pt').write_bytes(trained['checkpoint'].read_bytes())  # another run's
-    proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'a' / 'corpus', '--epochs', 1,
-                      '--save_path', elsewhere / 'model.pt',
-                      '--resume', tmp_path / 'a' / 'model.last.pt')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'a' / 'corpus', '--epochs', 1,
+                    '--save_path', elsewhere / 'model.pt',
+                    '--resume', tmp_path / 'a' / 'model.last.pt')
     assert proc.returncode == 1
     assert 'is not this run\'s best model' in proc.stderr and 'Test Loss' not in proc.stdout
 
@@ -272,7 +280,8 @@ def test_the_best_model_tested_after_a_resume_elsewhere_must_be_this_runs(tmp_pa
 def test_epochs_already_done_says_so_and_tests(tmp_path):
     first, _ = train_tiny(tmp_path, epochs=2)
     assert first.returncode == 0
-    proc, _ = train_tiny(tmp_path, '--resume', epochs=2)
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--epochs', 2,
+                    '--save_path', tmp_path / 'model.pt', '--resume')
     assert proc.returncode == 0, proc.stderr
     assert 'Nothing to train: 2 epochs are done and --epochs is 2.' in proc.stdout
     assert [l for l in proc.stdout.splitlines() if l.startswith('Test Loss')] == \
@@ -318,9 +327,9 @@ def test_files_that_are_not_checkpoints_are_called_so(tmp_path, trained, content
         bad.write_text('hello world\nthis is text\n')
     else:
         bad.write_bytes(b'\x80\x02' + os.urandom(3000))
-    for proc in (run_script('generate.py', '--checkpoint', bad),
-                 run_script('demo_tie.py', '--eval_only', '--data_dir', trained['corpus'],
-                            '--save_path', bad)):
+    for proc in (run_main('generate.py', '--checkpoint', bad),
+                 run_main('demo_tie.py', '--eval_only', '--data_dir', trained['corpus'],
+                          '--save_path', bad)):
         assert proc.returncode == 1
         assert 'is not a checkpoint' in proc.stderr and 'run code' not in proc.stderr
         assert 'Traceback' not in proc.stderr
@@ -331,15 +340,15 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, trained):
     ckpt['model_state']['fc.bias'][0] = float('nan')
     bad = tmp_path / 'nan.pt'
     torch.save(ckpt, bad)
-    for proc in (run_script('generate.py', '--checkpoint', bad),
-                 run_script('demo_tie.py', '--eval_only', '--data_dir', trained['corpus'],
-                            '--save_path', bad)):
+    for proc in (run_main('generate.py', '--checkpoint', bad),
+                 run_main('demo_tie.py', '--eval_only', '--data_dir', trained['corpus'],
+                          '--save_path', bad)):
         assert proc.returncode == 1 and 'NaN or infinite weights' in proc.stderr
 
 
 @pytest.mark.parametrize('script', ['demo_tie.py', 'generate.py'])
 def test_a_huge_seed_is_refused_by_argparse(script):
-    proc = run_script(script, '--seed', '99999999999999999999999')
+    proc = run_main(script, '--seed', '99999999999999999999999')
     assert proc.returncode == 2 and 'argument --seed' in proc.stderr
     assert 'Traceback' not in proc.stderr
 

@@ -119,13 +119,13 @@ def test_sighup_saves_the_epoch_in_progress_and_exits_129(tmp_path, long_run):
 def test_a_fresh_start_without_a_last_checkpoint_does_not_offer_resume(tmp_path, one_epoch):
     copy_run(one_epoch, tmp_path)
     (tmp_path / 'model.last.pt').unlink()
-    proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied',
-                      '--save_path', tmp_path / 'model.pt')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied',
+                    '--save_path', tmp_path / 'model.pt')
     assert proc.returncode == 1
     assert 'left no last checkpoint' in proc.stderr and '--overwrite' in proc.stderr
     assert 'Continue it with --resume' not in proc.stderr
-    resumed = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
-                         tmp_path / 'model.pt', '--resume')
+    resumed = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
+                       tmp_path / 'model.pt', '--resume')
     assert resumed.returncode == 1
     assert 'no last checkpoint to continue from' in resumed.stderr
     assert '--overwrite' in resumed.stderr
@@ -158,8 +158,8 @@ def test_a_symlinked_save_path_is_followed_and_resumes(tmp_path):
 def test_overwrite_deletes_only_files_this_project_wrote(tmp_path, one_epoch):
     copy_run(one_epoch, tmp_path)
     (tmp_path / 'model.csv').write_text('my notes, not metrics\n')
-    proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied',
-                      '--save_path', tmp_path / 'model.pt', '--overwrite')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied',
+                    '--save_path', tmp_path / 'model.pt', '--overwrite')
     assert proc.returncode == 1
     assert 'model.csv is not a file this trainer wrote' in proc.stderr
     assert (tmp_path / 'model.csv').read_text() == 'my notes, not metrics\n'
@@ -167,7 +167,7 @@ def test_overwrite_deletes_only_files_this_project_wrote(tmp_path, one_epoch):
 
 
 def test_a_save_path_that_is_no_regular_file_is_refused_saying_so(tmp_path):
-    proc = run_script('demo_tie.py', '--data_dir', tmp_path, '--save_path', '/dev/null')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path, '--save_path', '/dev/null')
     assert proc.returncode == 1
     assert '/dev/null is not a regular file' in proc.stderr
     assert 'from an earlier run' not in proc.stderr
@@ -186,12 +186,11 @@ def lying_copy(trained, tmp_path, change):
 def read_with(reader, trained, path):
     """Run one of the three scripts that read a best checkpoint on `path`."""
     if reader == 'score.py':
-        return run_script('score.py', '--checkpoint', path, trained['corpus'] / 'test.txt',
-                          timeout=60)
+        return run_main('score.py', '--checkpoint', path, trained['corpus'] / 'test.txt')
     if reader == 'generate.py':
-        return run_script('generate.py', '--checkpoint', path, '--num_words', 3, timeout=60)
-    return run_script('demo_tie.py', '--eval_only', '--data_dir', trained['corpus'],
-                      '--save_path', path, timeout=60)
+        return run_main('generate.py', '--checkpoint', path, '--num_words', 3)
+    return run_main('demo_tie.py', '--eval_only', '--data_dir', trained['corpus'],
+                    '--save_path', path)
 
 
 # each case through one of the readers (they share load_checkpoint), all readers in turn
@@ -242,8 +241,8 @@ def test_a_resume_refuses_stored_arguments_the_command_line_would_refuse(
     ckpt = torch.load(tmp_path / 'model.last.pt', weights_only=True)
     ckpt['args'][field] = value
     torch.save(ckpt, tmp_path / 'model.last.pt')
-    proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
-                      tmp_path / 'model.pt', '--resume', '--epochs', 2)
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
+                    tmp_path / 'model.pt', '--resume', '--epochs', 2)
     assert proc.returncode == 1, proc.stderr
     assert f'stored --{field}' in proc.stderr and 'Traceback' not in proc.stderr
 
@@ -297,8 +296,8 @@ def test_a_typed_eos_is_followed_by_sos_and_typed_markers_are_refused(trained):
     assert generate.prompt_ids(['one', '<eos>', 'two'], vocab) == [
         data.SOS, one, data.EOS, data.SOS, two]
     for marker in ('<sos>', '<pad>'):
-        proc = run_script('generate.py', '--checkpoint', trained['checkpoint'], '--seed_text',
-                          f'one {marker} two', timeout=60)
+        proc = run_main('generate.py', '--checkpoint', trained['checkpoint'], '--seed_text',
+                        f'one {marker} two')
         assert proc.returncode == 1 and marker in proc.stderr and 'not words' in proc.stderr
 
 

@@ -148,8 +148,8 @@ def test_the_optimizer_cannot_change_on_resume(tmp_path, overfitting_corpus):
     flags = ['--data_dir', overfitting_corpus, *SMALL, '--save_path', tmp_path / 'm.pt']
     first = run_script('demo_tie.py', *flags, '--epochs', '1')
     assert first.returncode == 0, first.stderr
-    refused = run_script('demo_tie.py', *flags, '--epochs', '2', '--resume', '--optimizer', 'sgd',
-                         '--lr', '1')
+    refused = run_main('demo_tie.py', *flags, '--epochs', '2', '--resume', '--optimizer', 'sgd',
+                       '--lr', '1')
     assert refused.returncode == 1 and 'made with --optimizer adam' in refused.stderr
     assert 'Traceback' not in refused.stderr
 
@@ -163,9 +163,8 @@ def test_a_damaged_weight_average_is_refused_on_resume(tmp_path, overfitting_cor
     name = next(iter(ckpt['weight_average']['mean']))
     ckpt['weight_average']['mean'][name] = torch.zeros(3)
     torch.save(ckpt, tmp_path / 'm.last.pt')
-    refused = run_script('demo_tie.py', '--resume', '--epochs', '5', '--data_dir',
-                         overfitting_corpus,
-                         '--save_path', tmp_path / 'm.pt')
+    refused = run_main('demo_tie.py', '--resume', '--epochs', '5', '--data_dir',
+                       overfitting_corpus, '--save_path', tmp_path / 'm.pt')
     assert refused.returncode == 1 and 'is damaged' in refused.stderr, refused.stderr
     assert 'Traceback' not in refused.stderr
 

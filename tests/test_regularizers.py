@@ -193,8 +193,8 @@ def test_the_preset_trains_resumes_evaluates_and_generates(tmp_path):
     assert len(vals) == 4 and vals[-1] < min(vals[0],
                                              1.2), vals  # it learns the pattern corpus (12 words)
 
-    refused = run_script('demo_tie.py', '--save_path', save, '--data_dir', tmp_path / 'corpus',
-                         '--resume', '--recipe', 'reference', '--epochs', '5')
+    refused = run_main('demo_tie.py', '--save_path', save, '--data_dir', tmp_path / 'corpus',
+                       '--resume', '--recipe', 'reference', '--epochs', '5')
     assert refused.returncode == 1 and '--recipe regularized' in refused.stderr
     assert 'Traceback' not in refused.stderr
 
@@ -229,6 +229,6 @@ def test_a_checkpoint_with_a_bad_regulariser_is_called_damaged(tmp_path, trained
     ckpt = torch.load(trained['checkpoint'], weights_only=True)
     ckpt['model_args'][field] = value
     torch.save(ckpt, tmp_path / 'bad.pt')
-    proc = run_script('generate.py', '--checkpoint', tmp_path / 'bad.pt', '--num_words', '3')
+    proc = run_main('generate.py', '--checkpoint', tmp_path / 'bad.pt', '--num_words', '3')
     assert proc.returncode == 1
     assert 'is damaged: its model description' in proc.stderr and 'Traceback' not in proc.stderr

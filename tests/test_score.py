@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import PATTERN, run_script
+from conftest import PATTERN, run_main, run_script
 
 
 def score(trained, *args, stdin=None):
@@ -138,7 +138,7 @@ def test_bad_input_ends_with_a_message_not_a_traceback(trained, tmp_path, case):
         expected = r'line 2: not valid UTF-8'
     else:
         text, expected = tmp_path / 'nope.txt', 'cannot read'
-    proc = run_script('score.py', '--checkpoint', checkpoint, text)
+    proc = run_main('score.py', '--checkpoint', checkpoint, text)
     assert proc.returncode == 1
     assert re.search(expected, proc.stderr), proc.stderr
     assert 'Traceback' not in proc.stderr

@@ -95,33 +95,33 @@ def test_missing_data_folder_says_run_getdata(tmp_path):
 def test_missing_split_file_is_named(tmp_path):
     pattern_corpus(tmp_path / 'c')
     (tmp_path / 'c' / 'test.txt').unlink()
-    fails(run_script('demo_tie.py', '--data_dir', tmp_path / 'c', '--save_path', tmp_path / 'm.pt'),
+    fails(run_main('demo_tie.py', '--data_dir', tmp_path / 'c', '--save_path', tmp_path / 'm.pt'),
           r'missing data file: .*test\.txt')
 
 
 def test_empty_split_is_an_error(tmp_path):
     write_corpus(tmp_path / 'c', PATTERN + '\n', '\n\n', PATTERN + '\n')
-    fails(run_script('demo_tie.py', '--data_dir', tmp_path / 'c', '--save_path', tmp_path / 'm.pt'),
+    fails(run_main('demo_tie.py', '--data_dir', tmp_path / 'c', '--save_path', tmp_path / 'm.pt'),
           r'valid\.txt is empty')
 
 
 def test_corpus_smaller_than_one_window_is_an_error(tmp_path):
     pattern_corpus(tmp_path / 'c', train_lines=2)
-    fails(run_script('demo_tie.py', '--data_dir', tmp_path / 'c', '--save_path', tmp_path / 'm.pt',
-                     '--batch_size', '20', '--seq_length', '30'),
+    fails(run_main('demo_tie.py', '--data_dir', tmp_path / 'c', '--save_path', tmp_path / 'm.pt',
+                   '--batch_size', '20', '--seq_length', '30'),
           r'train split is too small: 20 tokens.*needs 620')
 
 
 def test_tied_with_different_sizes_is_refused(tmp_path):
-    fails(run_script('demo_tie.py', '--tied', '--embed_size', '8', '--hidden_size', '16',
-                     '--data_dir', tmp_path), r'--tied needs --embed_size equal to --hidden_size')
+    fails(run_main('demo_tie.py', '--tied', '--embed_size', '8', '--hidden_size', '16',
+                   '--data_dir', tmp_path), r'--tied needs --embed_size equal to --hidden_size')
 
 
 def test_unwritable_save_path_fails_before_training(tmp_path):
     pattern_corpus(tmp_path / 'c')
     (tmp_path / 'afile').write_text('')
-    proc = run_script('demo_tie.py', '--data_dir', tmp_path / 'c', *TINY,
-                      '--save_path', tmp_path / 'afile' / 'm.pt')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'c', *TINY,
+                    '--save_path', tmp_path / 'afile' / 'm.pt')
     fails(proc, r'cannot write checkpoint .*afile/m\.pt')
     assert 'Epoch' not in proc.stdout + proc.stderr
 
