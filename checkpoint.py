@@ -20,6 +20,7 @@ import pickle
 import pickletools
 import re
 import tempfile
+import warnings
 import zipfile
 from typing import NamedTuple
 
@@ -98,7 +99,9 @@ def load_checkpoint(path, map_location='cpu', missing_hint=''):
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}{missing_hint}')
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a raw pickle gets torch's two-line protocol notice
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if not carries_code(path):
             raise CheckpointError(f'{path} is not a checkpoint (not a PyTorch file)') from None
