@@ -51,7 +51,7 @@ def labels(paths):
             if names.count(name) > 1 else name for p, name in zip(paths, names)]
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description='Plot validation perplexity curves',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -66,25 +66,14 @@ def main(argv=None):
     parser.add_argument('--label', action='append', default=None, metavar='NAME',
                         help='legend name of each CSV, in order (default: the file name, with '
                              'its folder where two files share a name)')
-    args = parser.parse_args(argv)
-    if args.label is not None and len(args.label) != len(args.csv):
-        parser.error(f'{len(args.label)} --label for {len(args.csv)} CSVs; give one for each')
-    try:
-        curves = [(label, read_curve(p)) for label, p in zip(args.label or labels(args.csv),
-                                                                args.csv)]
-    except CurveError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter, LogLocator
-    except ImportError:
-        print('error: plot.py needs matplotlib: pip install matplotlib', file=sys.stderr)
-        return 1
+    return parser
 
-    if args.epoch_only:
+
+def draw(plt, curves, epoch_only, reference):
+    """The figure: validation perplexity by epoch and, unless epoch_only, by training time.
+    `curves` is a list of (label, (epochs, perplexities, cumulative seconds))."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+    if epoch_only:
         fig, by_epoch = plt.subplots(figsize=(6, 4.2))
         panels = [by_epoch]
     else:
@@ -93,9 +82,9 @@ def main(argv=None):
         by_time.set_xlabel('training time (minutes, cumulative)')
     for label, (epochs, ppl, clock) in curves:
         by_epoch.plot(epochs, ppl, marker='o', label=label)
-        if not args.epoch_only:
+        if not epoch_only:
             by_time.plot([s / 60 for s in clock], ppl, marker='o', label=label)
-    if args.reference:
+    if reference:
         by_epoch.plot(list(REFERENCE_POINTS), list(REFERENCE_POINTS.values()), 'k*', markersize=11,
                       linestyle='none', label='reference README (epochs 1, 2, 40)')
         by_epoch.axhline(REFERENCE_POINTS[40], color='k', linewidth=0.8, linestyle=':')
@@ -111,6 +100,28 @@ def main(argv=None):
         ax.grid(True, which='both', alpha=0.3)
         ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.label is not None and len(args.label) != len(args.csv):
+        parser.error(f'{len(args.label)} --label for {len(args.csv)} CSVs; give one for each')
+    try:
+        curves = [(label, read_curve(p)) for label, p in zip(args.label or labels(args.csv),
+                                                                args.csv)]
+    except CurveError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('error: plot.py needs matplotlib: pip install matplotlib', file=sys.stderr)
+        return 1
+    fig = draw(plt, curves, args.epoch_only, args.reference)
     try:
         fig.savefig(args.output, dpi=120)
     except (OSError, ValueError) as e:
