@@ -429,10 +429,8 @@ def tune(args, model, rms, seq_length, text):
               f'{args.cache_lambda:g}', file=sys.stderr, flush=True)
 
 
-def main(argv=None):
-    quiet_on_closed_pipe()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_flags(parser, args):
+    """Refuse, as usage errors, the flag combinations that cannot score."""
     if args.independent and args.batch_size is not None:
         parser.error('--independent scores each line on its own; it takes no --batch_size')
     adaptive = args.cache or args.dynamic
@@ -441,19 +439,10 @@ def main(argv=None):
                      'they take neither --independent nor a --batch_size other than 1')
     if args.tune and not adaptive:
         parser.error('--tune chooses the values of --cache and --dynamic; give one of them')
-    device, autocast_dtype = apply_device_flags(parser, args)
-    try:
-        ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
-        check_stored_args(ckpt, args.checkpoint, parser)
-        model = build_model(ckpt, device)
-        vocab = ckpt['vocab']
-        text = read_text(args.input, vocab)
-        data.print_mapping_notes(text.respelled, text.unknown)
-        layout, nll, totals = score_text(args, model, text, ckpt, autocast_dtype)
-    except (CheckpointError, data.DataError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
 
+
+def summarize(args, text, nll, totals, layout):
+    """The run's summary (what --json prints before its per-line rows) and the per-line rows."""
     is_sos = (text.stream == data.SOS).numpy()
     # tokens that the layout leaves out: the first <sos> is never a target, and under
     # --independent no line's <sos> is
@@ -467,6 +456,28 @@ def main(argv=None):
                'loss': totals.loss, 'ppl': perplexity(totals.loss),
                'loss_no_sos': totals.loss_no_sos, 'ppl_no_sos': perplexity(totals.loss_no_sos),
                'tokens_not_scored': unscored, 'method': method_values(args) or 'static'}
+    return summary, lines
+
+
+def main(argv=None):
+    quiet_on_closed_pipe()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags(parser, args)
+    device, autocast_dtype = apply_device_flags(parser, args)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
+        check_stored_args(ckpt, args.checkpoint, parser)
+        model = build_model(ckpt, device)
+        vocab = ckpt['vocab']
+        text = read_text(args.input, vocab)
+        data.print_mapping_notes(text.respelled, text.unknown)
+        layout, nll, totals = score_text(args, model, text, ckpt, autocast_dtype)
+    except (CheckpointError, data.DataError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+
+    summary, lines = summarize(args, text, nll, totals, layout)
     if args.json:
         document = {**summary, 'per_line': lines}
         if args.per_token:
