@@ -7,6 +7,7 @@
 # Writes, in the output folder, for each method M: score_M.json (the summary), score_M.log
 # (each grid point, the values kept, the wall time; progress bars dropped). One job at a time:
 # the times are what the table reports. TUNE_TOKENS (default 20000) limits dynamic tuning.
+# Run it again after a stop: a method whose score_M.json exists is skipped.
 set -euo pipefail
 ckpt=$1 out=$2 penn=${PENN:-data/penn}
 mkdir -p "$out"
@@ -17,6 +18,7 @@ declare -A flags=(
   [both]="--cache --dynamic --tune $penn/valid.txt --tune_tokens ${TUNE_TOKENS:-20000}"
 )
 for method in static cache dynamic both; do
+  [ -f "$out/score_$method.json" ] && continue
   start=$(date +%s.%N)
   # shellcheck disable=SC2086
   python score.py --checkpoint "$ckpt" --json ${flags[$method]} "$penn/test.txt" \
