@@ -94,15 +94,15 @@ def build_parser():
 def add_adaptive_flags(parser):
     group = parser.add_argument_group(
         'scores that adapt to the text (one stream; defaults tuned with --tune on PTB valid.txt '
-        'for the tied 2x200 model of docs/results.md)')
+        'for the regularized tied 2x650 model of docs/results.md)')
     add = group.add_argument
     add('--cache', action='store_true',
         help='Neural cache (Grave et al. 2017) over the last LSTM layer\'s outputs')
     add('--cache_window', type=positive_int, default=500, help='Positions the cache holds')
-    add('--cache_theta', type=non_negative_float, default=0.3,
+    add('--cache_theta', type=non_negative_float, default=0.6,
         help='Sharpness of the match between outputs')
     add('--cache_lambda', type=checked_number(float, lambda v: 0 <= v <= 1, 'in [0, 1]'),
-        default=0.15, help='Weight of the cache in the mixture')
+        default=0.1, help='Weight of the cache in the mixture')
     add('--dynamic', action='store_true',
         help='Dynamic evaluation (Krause et al. 2018, RMS): a gradient step after each segment')
     add('--dynamic_lr', type=non_negative_float, default=5e-5, help='Step size (eta)')
