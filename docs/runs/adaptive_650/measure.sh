@@ -25,11 +25,12 @@ for method in static cache dynamic both; do
     > "$out/score_$method.full.json" 2> "$out/score_$method.err"
   wall=$(python -c "print(f'{$(date +%s.%N) - $start:.1f}')")
   python - "$out/score_$method" "$method" "$wall" <<'PY'
-import json, sys
+import json, os, sys
 stem, method, wall = sys.argv[1:]
 doc = json.load(open(stem + '.full.json'))
 summary = {k: v for k, v in doc.items() if k not in ('per_line', 'per_token')}
-json.dump(summary, open(stem + '.json', 'w'), indent=1)
+json.dump(summary, open(stem + '.json.tmp', 'w'), indent=1)
+os.replace(stem + '.json.tmp', stem + '.json')  # its presence marks the method done
 err = open(stem + '.err').read().replace('\r', '\n').splitlines()
 bars = [line for line in err if 'tok/s' in line]
 keep = [line for line in err if line.strip() and line not in bars]
