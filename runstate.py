@@ -385,16 +385,17 @@ def read_metrics(path):
 
 # ---------------------------------------------------------------------------- signals
 
-def resume_command(last_path):
-    """This run's command line with `--resume last_path` in place of any --resume or
-    --overwrite it had."""
-    argv, rest = [], iter(sys.argv[1:])
+def resume_command(last_path, command_line=None):
+    """This run's command line (`command_line`, default sys.argv[1:]) with `--resume last_path`
+    in place of any --resume, --overwrite or --finetune PATH it had: a stopped fine-tuning run
+    resumes like any other, and --resume refuses --finetune."""
+    argv, rest = [], iter(sys.argv[1:] if command_line is None else command_line)
     for arg in rest:
-        if arg == '--resume':
+        if arg in ('--resume', '--finetune'):
             next_arg = next(rest, None)
-            if next_arg is not None and next_arg.startswith('-'):
-                argv.append(next_arg)
-        elif not arg.startswith('--resume=') and arg != '--overwrite':
+            if arg == '--resume' and next_arg is not None and next_arg.startswith('-'):
+                argv.append(next_arg)  # --resume took no path: that was the next flag
+        elif not arg.startswith(('--resume=', '--finetune=')) and arg != '--overwrite':
             argv.append(arg)
     return ' '.join(['python', 'demo_tie.py'] + [shlex.quote(a) for a in argv]
                     + ['--resume', shlex.quote(last_path)])

@@ -1,5 +1,6 @@
 """--finetune: a new run that starts from a trained model's weights (a finishing phase), with
 the model's own sizes, vocabulary and regularisers and the command's optimizer and schedule."""
+import shlex
 import shutil
 
 import pytest
@@ -11,6 +12,7 @@ from conftest import (
     run_script,
     states_equal,
 )
+from runstate import resume_command
 
 
 def validation_perplexities(proc):
@@ -67,6 +69,15 @@ def test_an_ntasgd_finetuning_run_averages_from_the_start_and_resumes_exactly(tr
     assert not states_equal(tmp_path / 'whole.pt', tmp_path / 'whole.last.pt')
     resumed_last = torch.load(tmp_path / 'cut.last.pt', weights_only=True)
     assert resumed_last['weight_average']['count'] == last['weight_average']['count']
+
+
+@pytest.mark.parametrize('source', [['--finetune', 'best.pt'], ['--finetune=best.pt']])
+def test_a_stopped_finetuning_run_is_told_to_resume_without_finetune(source):
+    """The "Resume with:" line of a stopped fine-tuning run is a command that runs: --resume
+    refuses --finetune, and the last checkpoint holds everything --finetune brought."""
+    command = resume_command('ft.last.pt', [*source, '--lr', '0.5', '--save_path', 'ft.pt'])
+    assert shlex.split(command) == ['python', 'demo_tie.py', '--lr', '0.5', '--save_path',
+                                    'ft.pt', '--resume', 'ft.last.pt']
 
 
 @pytest.mark.parametrize('flags, message', [
