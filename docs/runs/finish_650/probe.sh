@@ -11,6 +11,9 @@
 # Run it again after a stop (SIGTERM saves): each probe resumes where it stopped, finished ones
 # are skipped. Logs: OUT/NAME.log, each ending in "exit STATUS". Extra flags for every run
 # and resume (e.g. --data_dir) go in FLAGS.
+#
+# What was run in the end (NT-ASGD stopped after one epoch, the third probe not run, the
+# winner continued), and why: docs/recipes.md, "Which finishing phase, measured at 2x650".
 set -uo pipefail
 best=$1 out=$2 n=${EPOCHS:-4}
 last=${best%.pt}.last.pt
