@@ -28,14 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import data
-from checkpoint import model_args
-from device import add_device_flags, apply_threads, keep_freed_memory, mixed_precision, pick_device
-from engine import Stepping, evaluate, make_optimizer, train_epoch
 from generate import sample
+from lm import flags
+from lm.checkpoint import model_args
+from lm.device import apply_threads, keep_freed_memory, mixed_precision, pick_device
+from lm.flags import non_negative_int, positive_int
+from lm.loop import Stepping, evaluate, train_epoch
+from lm.optim import make_optimizer
+from lm.recipes import apply_recipe
+from lm.resume import seed_everything
 from model import LSTMLanguageModel, detach_hidden, tied_size_problem
-from options import explicit_flags, non_negative_int, positive_int, probability
-from recipe import add_regularizer_flags, apply_recipe
-from runstate import seed_everything
 
 PTB_VOCAB = 10002
 EXAMPLE = 'train (word_language_model loop)'
@@ -124,14 +126,11 @@ def build_parser():
     p = argparse.ArgumentParser(
         description='Benchmark the trainer, evaluator and generator',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--embed_size', type=positive_int, default=650)
-    p.add_argument('--hidden_size', type=positive_int, default=650)
-    p.add_argument('--num_layers', type=positive_int, default=2)
-    p.add_argument('--dropout', type=probability, default=0.5)
-    p.add_argument('--batch_size', type=positive_int, default=20)
-    p.add_argument('--seq_length', type=positive_int, default=30)
-    p.add_argument('--tied', action=argparse.BooleanOptionalAction, default=True)
-    add_device_flags(p)
+    # the trainer's own flags, with its defaults: the reference model
+    flags.add_flags(p, ['embed_size', 'hidden_size', 'num_layers', 'dropout', 'batch_size',
+                        'seq_length', 'device', 'threads'])
+    p.add_argument('--tied', action=argparse.BooleanOptionalAction, default=True,
+                   help='Enable weight tying')
     p.add_argument('--amp', action='store_true',
                    help='Also time each loop under --amp (taking turns with float32)')
     p.add_argument('--windows', type=positive_int, default=20, help='Training windows per repeat')
@@ -144,11 +143,8 @@ def build_parser():
     p.add_argument('--json', metavar='FILE', help='Also write the results as JSON')
     p.add_argument('--read_corpus', metavar='DIR',
                    help='Only time reading this corpus folder (and its peak memory)')
-    p.add_argument('--max_vocab', type=non_negative_int, default=0,
-                   help='With --read_corpus: as in demo_tie.py')
-    p.add_argument('--min_count', type=positive_int, default=1,
-                   help='With --read_corpus: as in demo_tie.py')
-    add_regularizer_flags(p)  # as in demo_tie.py: --recipe, and the flags it sets
+    flags.add_flags(p, ['max_vocab', 'min_count'])  # for --read_corpus
+    flags.add_flags(p, flags.REGULARIZER_FLAGS)  # as in demo_tie.py: --recipe, and its flags
     return p
 
 
@@ -219,7 +215,7 @@ def print_results(config, device, results, peak):
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    apply_recipe(args, explicit_flags(p, argv))
+    apply_recipe(args, flags.explicit_flags(p, argv))
     if args.compare_example and args.variational:
         p.error("--compare_example times the example's loop on the reference's model: "
                 'it cannot run the layer-by-layer LSTM of --variational')

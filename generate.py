@@ -10,9 +10,16 @@ import sys
 import torch
 
 import data
-from checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
-from device import add_device_flags, apply_device_flags, quiet_on_closed_pipe
-from options import checked_number, non_negative_int, positive_float, positive_int, seed_value
+from lm.checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
+from lm.device import apply_device_flags, quiet_on_closed_pipe
+from lm.flags import (
+    add_device_flags,
+    checked_number,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_value,
+)
 
 
 def build_parser():

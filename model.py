@@ -9,6 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The regularisers that are arguments of the model, with their "off" values. A checkpoint's
+# model description names those that are on (alpha and beta act on the loss only).
+MODEL_REGULARIZERS = {'variational': False, 'dropouti': None, 'dropouth': None, 'dropoute': 0.0,
+                      'wdrop': 0.0}
+
 
 def tied_size_problem(tied, embed_size, hidden_size):
     """Why these sizes cannot be tied ('' when they can): one matrix cannot be both."""

@@ -16,7 +16,7 @@ the vocabulary lacks is scored as `<unk>`. Three layouts:
     --batch_size 1    one continuous stream: every token but the very first is scored.
     --independent     each line on its own, from a fresh state: nothing before it counts.
 
-Two methods adapt the scores to the text read so far (adapt.py), reading it as one stream:
+Two methods adapt the scores to the text read so far (lm/adapt.py), reading it as one stream:
 
     python score.py --checkpoint best_model.pt --cache test.txt
     python score.py --checkpoint best_model.pt --dynamic test.txt
@@ -31,11 +31,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from adapt import (
+from lm.adapt import (
     DynamicEval,
     NeuralCache,
     adaptive_scorer,
@@ -43,16 +42,22 @@ from adapt import (
     gradient_rms,
     replay_cache,
 )
-from checkpoint import (
+from lm.checkpoint import (
     TRAIN_FIRST,
     CheckpointError,
     build_model,
     check_stored_args,
     load_checkpoint,
 )
-from device import add_device_flags, apply_device_flags, quiet_on_closed_pipe
-from engine import perplexity, token_losses
-from options import checked_number, non_negative_float, non_negative_int, positive_int
+from lm.device import apply_device_flags, quiet_on_closed_pipe
+from lm.flags import (
+    add_device_flags,
+    checked_number,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
+from lm.loop import cross_entropy, perplexity, token_losses
 
 LINES_PER_BATCH = 64  # --independent: lines scored side by side (sorted by length, padded)
 LOGITS_BUDGET = 2**24  # --independent: scores held at once (64 MB of float32)
@@ -181,7 +186,7 @@ def progress(total, desc, unit='it'):
 def score_carried(model, stream, batch_size, seq_length, autocast_dtype, device, scorer=None):
     """Loss of each stream position (NaN where the layout scores none) with the stream laid
     out as evaluation lays it out, and the totals as the trainer computes them. `scorer`:
-    see engine.token_losses."""
+    see lm.loop.token_losses."""
     batched = data.batchify(stream, batch_size).to(device)
     starts = data.window_starts(batched, seq_length)
     steps = batched.size(1)
@@ -234,8 +239,7 @@ def carried_losses(model, batch, columns, autocast_dtype):
         with torch.autocast(batch.device.type, dtype=autocast_dtype,
                             enabled=autocast_dtype is not None):
             logits, hidden = model(x, hidden)
-        pieces.append(F.cross_entropy(logits.float().transpose(1, 2), y,
-                                      reduction='none').double().cpu())
+        pieces.append(cross_entropy(logits, y, reduction='none').view(y.shape).double().cpu())
     return torch.cat(pieces, 1).numpy()
 
 
@@ -247,7 +251,7 @@ class Totals(NamedTuple):
 
 
 def totals_of(result):
-    """Totals of an engine.TokenLosses, as the trainer computes them."""
+    """Totals of an lm.loop.TokenLosses, as the trainer computes them."""
     return Totals(result.sum_all / result.count_all,
                   result.sum_no_sos / max(1, result.count_no_sos),
                   result.count_all, result.count_no_sos)

@@ -1,6 +1,7 @@
-"""Shared helpers: tiny corpora written into tmp folders, and the real scripts run as
-subprocesses (the way a user runs them), or through their main() in-process for what they
-answer before any work (run_main)."""
+"""Shared helpers: tiny corpora written into tmp folders, the real scripts run through their
+main(argv) in this process (run_main, train) or, where a real process is the point (signals,
+locks held by another process, resource limits, pipes, torchrun), as subprocesses
+(run_script), and the trained and stopped runs that many tests read."""
 import contextlib
 import importlib
 import io
@@ -9,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -39,24 +39,24 @@ def write_corpus(folder, train, valid=None, test=None):
 
 
 def pattern_corpus(folder, train_lines=300, eval_lines=40):
+    """The pattern, line after line: 94 training windows of TINY's layout."""
     return write_corpus(folder, (PATTERN + '\n') * train_lines, (PATTERN + '\n') * eval_lines,
                         (PATTERN + '\n') * eval_lines)
 
 
-def run_script(script, *args, cwd=None, timeout=300):
+def run_script(script, *args, cwd=None, timeout=300, **kw):
+    """`script` as its own process, the way a user runs it."""
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)
+                          check=False, **kw)
 
 
-def run_main(script, *args):
-    """Call `script`'s main(args) in this process, for what a script answers before any work
-    (--help, a refused flag, a checkpoint or data file it refuses): it prints what the command
-    line would, without the three seconds a subprocess spends importing PyTorch, and an
-    exception that would be a user's traceback fails the test. Runs that train, signals, locks
-    held by another process and closed pipes stay subprocesses (run_script), as does one
-    refusal per script. Returns a CompletedProcess, as run_script does."""
+def run_main(script, *args, **kw):
+    """Call `script`'s main(args, **kw) in this process: it prints what the command line
+    would, without the seconds a subprocess spends importing PyTorch, and an exception that
+    would be a user's traceback fails the test. Returns a CompletedProcess, as run_script
+    does."""
     module = importlib.import_module(script.removesuffix('.py'))
     # byte-backed, as sys.stdout is: demo_tie.py reconfigures its line buffering
     out, err = (io.TextIOWrapper(io.BytesIO(), encoding='utf-8', write_through=True)
@@ -65,7 +65,7 @@ def run_main(script, *args):
     argv, sys.argv = sys.argv, [script]  # argparse names the program after sys.argv[0]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = module.main([str(a) for a in args])
+            status = module.main([str(a) for a in args], **kw)
     except SystemExit as e:
         status = e.code
     finally:
@@ -75,56 +75,60 @@ def run_main(script, *args):
                                        err.buffer.getvalue().decode())
 
 
-def train_tiny(folder, *extra, epochs=3):
-    """Train on the pattern corpus in `folder`; returns (completed process, checkpoint path)."""
+def signal_at(epoch, window, signum=signal.SIGTERM):
+    """An on_window for demo_tie.main: a real `signum` to this process after training
+    window `window` (0-based) of `epoch`, so that the run stops there, every time."""
+    def on_window(e, k):
+        if (e, k) == (epoch, window):
+            os.kill(os.getpid(), signum)
+    return on_window
+
+
+def train(folder, *extra, epochs=3, corpus=None, on_window=None):
+    """Train TINY, tied, on the pattern corpus in `folder` (or `corpus`) into folder/model.pt,
+    in this process; returns (completed process, checkpoint path)."""
     folder = Path(folder)
-    corpus = folder / 'corpus'
-    if not corpus.exists():
-        pattern_corpus(corpus)
+    if corpus is None:
+        corpus = folder / 'corpus'
+        if not corpus.exists():
+            pattern_corpus(corpus)
     save = folder / 'model.pt'
-    proc = run_script('demo_tie.py', '--data_dir', corpus, *TINY, '--tied', '--epochs', epochs,
-                      '--save_path', save, *extra)
+    proc = run_main('demo_tie.py', '--data_dir', corpus, *TINY, '--tied', '--epochs', epochs,
+                    '--save_path', save, *extra, on_window=on_window)
     return proc, save
 
 
-def start_training(folder, *extra):
+def trainer_process(folder, *extra, corpus=None):
+    """demo_tie.py started in the background on the pattern corpus of `folder`."""
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     return subprocess.Popen([sys.executable, str(ROOT / 'demo_tie.py'), '--data_dir',
-                             folder / 'corpus',
-                             *TINY, '--tied', '--save_path', folder / 'model.pt', *extra],
+                             corpus or folder / 'corpus', *TINY, '--tied',
+                             '--save_path', folder / 'model.pt', *map(str, extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_for_training(proc, seconds=0.3):
-    """Return once epoch 1's progress bar has shown, plus `seconds`."""
-    seen = b''
-    while b'Epoch 1:' not in seen:
-        chunk = os.read(proc.stderr.fileno(), 4096)
-        assert chunk, 'training ended before its first epoch'
+def wait_for(proc, text, stream='stderr'):
+    """Read `proc`'s stream until `text` has been printed."""
+    seen, pipe = b'', getattr(proc, stream)
+    while text.encode() not in seen:
+        chunk = os.read(pipe.fileno(), 4096)
+        assert chunk, f'the process ended before printing {text!r}'
         seen += chunk
-    time.sleep(seconds)
 
 
 def run_whole_and_interrupted(folder, *flags):
-    """The same tiny run twice on a 3000-line pattern corpus in `folder`: once whole
-    (folder/model.pt), once stopped by SIGTERM in mid-epoch and resumed with --resume
+    """The same tiny run twice on the pattern corpus in `folder`: once whole (folder/model.pt),
+    once stopped by SIGTERM after window 40 of epoch 1 and resumed with --resume
     (folder/stopped/model.pt). Returns the whole and the resumed runs' completed processes."""
-    pattern_corpus(folder / 'corpus', train_lines=3000, eval_lines=40)
-    (folder / 'stopped').mkdir()
-    (folder / 'stopped' / 'corpus').symlink_to(folder / 'corpus')
-    whole = run_script('demo_tie.py', '--data_dir', folder / 'corpus', *TINY, '--tied', *flags,
-                       '--save_path', folder / 'model.pt')
+    corpus = pattern_corpus(folder / 'corpus')
+    whole, _ = train(folder, *flags, epochs=2)
     assert whole.returncode == 0, whole.stderr
-
-    proc = start_training(folder / 'stopped', *flags)
-    wait_for_training(proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped, save = train(folder / 'stopped', *flags, epochs=2, corpus=corpus,
+                          on_window=signal_at(1, 40))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
     assert torch.load(folder / 'stopped' / 'model.last.pt',
-                      weights_only=True)['position'] is not None
-    resumed = run_script('demo_tie.py', '--save_path', folder / 'stopped' / 'model.pt',
-                         '--data_dir', folder / 'corpus', '--resume')
+                      weights_only=True)['position']['window'] == 42
+    resumed = run_main('demo_tie.py', '--save_path', save, '--data_dir', corpus, '--resume')
     assert resumed.returncode == 0, resumed.stderr
     return whole, resumed
 
@@ -137,6 +141,10 @@ def states_equal(a, b):
 
 def printed_test_lines(proc):
     return [l for l in proc.stdout.splitlines() if l.startswith('Test Loss')]
+
+
+def snapshot(folder, names=('model.pt', 'model.last.pt', 'model.csv')):
+    return {n: (folder / n).read_bytes() for n in names if (folder / n).exists()}
 
 
 def list_reader(folder):
@@ -167,7 +175,7 @@ def list_reader(folder):
 def trained(tmp_path_factory):
     """One tiny tied model trained for three epochs, shared by the tests that only read it."""
     folder = tmp_path_factory.mktemp('trained')
-    proc, save = train_tiny(folder)
+    proc, save = train(folder)
     assert proc.returncode == 0, proc.stderr
     return {'proc': proc, 'checkpoint': save, 'folder': folder, 'corpus': folder / 'corpus'}
 
@@ -177,9 +185,26 @@ def one_epoch(tmp_path_factory):
     """A tiny tied model trained for one epoch, to be copied by the tests that continue,
     damage or contest it (training it afresh in each would cost seconds each)."""
     folder = tmp_path_factory.mktemp('one_epoch')
-    proc, _ = train_tiny(folder, epochs=1)
+    proc, _ = train(folder, epochs=1)
     assert proc.returncode == 0, proc.stderr
     return folder
+
+
+@pytest.fixture(scope='session')
+def stopped_run(tmp_path_factory):
+    """A run stopped by SIGTERM in epoch 1, after window 40: model.last.pt holds its position
+    in mid-epoch, and no epoch has ended. Tests copy what they change."""
+    folder = tmp_path_factory.mktemp('stopped')
+    proc, _ = train(folder, epochs=3, on_window=signal_at(1, 40))
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    return folder
+
+
+@pytest.fixture(scope='session')
+def long_corpus(tmp_path_factory):
+    """A pattern corpus of about 800 windows an epoch, for runs that another process must
+    catch while they train."""
+    return pattern_corpus(tmp_path_factory.mktemp('long') / 'corpus', train_lines=3000)
 
 
 def copy_run(run, folder):
@@ -188,5 +213,6 @@ def copy_run(run, folder):
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(run / 'corpus', folder / 'corpus')
     for name in ('model.pt', 'model.last.pt', 'model.csv'):
-        shutil.copy(run / name, folder / name)
+        if (run / name).exists():
+            shutil.copy(run / name, folder / name)
     return folder / 'model.pt'

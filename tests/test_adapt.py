@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from conftest import TINY, run_main, run_script, write_corpus
+from conftest import TINY, run_main, write_corpus
 
 WORDS = [f'w{i}' for i in range(30)]
 
@@ -20,15 +20,15 @@ def model(tmp_path_factory):
         return ''.join(' '.join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + '\n'
                        for _ in range(lines))
     corpus = write_corpus(folder / 'corpus', text(400), text(40), text(40))
-    proc = run_script('demo_tie.py', '--data_dir', corpus, *TINY, '--tied', '--epochs', 2,
-                      '--save_path', folder / 'model.pt')
+    proc = run_main('demo_tie.py', '--data_dir', corpus, *TINY, '--tied', '--epochs', 2,
+                    '--save_path', folder / 'model.pt')
     assert proc.returncode == 0, proc.stderr
     return {'checkpoint': folder / 'model.pt', 'corpus': corpus, 'folder': folder}
 
 
 def score(model, text_path, *flags):
-    proc = run_script('score.py', '--checkpoint', model['checkpoint'], '--json', '--per_token',
-                      '--dynamic_stats', model['corpus'] / 'train.txt', *flags, text_path)
+    proc = run_main('score.py', '--checkpoint', model['checkpoint'], '--json', '--per_token',
+                    '--dynamic_stats', model['corpus'] / 'train.txt', *flags, text_path)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), proc.stderr
 

@@ -1,9 +1,9 @@
+"""data.py: reading a corpus, the vocabulary, the batch layout and the windows."""
 import pytest
 import torch
 
 import data
 from conftest import list_reader, write_corpus
-from model import LSTMLanguageModel
 
 
 def test_vocabulary_is_specials_then_training_words_in_first_seen_order(tmp_path):
@@ -86,34 +86,6 @@ def test_windows_shift_targets_by_one_across_window_boundaries():
     assert [x.size(1) for x in xs] == [5, 5, 5, 5, 2]  # the last, shorter window is included
     assert torch.equal(torch.cat(xs, 1), batched[:, :-1])
     assert torch.equal(torch.cat(ys, 1), batched[:, 1:])  # every target exactly once
-
-
-def test_evaluation_scores_every_token_once_whatever_the_window(tmp_path):
-    """Hidden state is carried across windows, so cutting the stream into windows of any
-    length must give the same loss as one window over the whole stream."""
-    from engine import evaluate
-    torch.manual_seed(0)
-    model = LSTMLanguageModel(20, 8, 8, 2, 0.0, True)
-    batched = data.batchify(torch.randint(3, 20, (4 * 37,)), 4)
-    whole = evaluate(model, batched, 36)
-    for seq_length in (5, 7, 35):
-        got = evaluate(model, batched, seq_length)
-        assert got == pytest.approx(whole, rel=1e-5)
-
-
-def test_loss_without_sos_leaves_out_exactly_the_sos_targets():
-    from engine import evaluate
-    torch.manual_seed(0)
-    model = LSTMLanguageModel(10, 8, 8, 1, 0.0, False)
-    batched = data.batchify(torch.tensor([1, 4, 5, 2, 1, 6, 2, 1, 7, 8, 9, 2] * 3), 2)
-    loss_all, loss_no_sos = evaluate(model, batched, 4)
-    logits, _ = model(batched[:, :-1], model.init_hidden(2))
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), batched[:, 1:].reshape(-1),
-                                            reduction='none')
-    keep = batched[:, 1:].reshape(-1) != data.SOS
-    assert loss_all == pytest.approx(nll.mean().item(), rel=1e-5)
-    assert loss_no_sos == pytest.approx(nll[keep].mean().item(), rel=1e-5)
-
 
 
 def test_streaming_reader_gives_the_tensors_of_the_list_reader(tmp_path):

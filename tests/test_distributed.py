@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_script, write_corpus
+from conftest import ROOT, run_main, write_corpus
 
 # dropout 0: the processes' different dropout streams would make the runs differ
 FLAGS = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '2', '--batch_size', '4',
@@ -47,7 +47,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope='module')
 def one_and_two(corpus, tmp_path_factory):
     folder = tmp_path_factory.mktemp('runs')
-    one = run_script('demo_tie.py', '--data_dir', corpus, *FLAGS, '--epochs', 2,
+    one = run_main('demo_tie.py', '--data_dir', corpus, *FLAGS, '--epochs', 2,
                      '--save_path', folder / 'one.pt')
     two = torchrun(2, '--data_dir', corpus, *FLAGS, '--epochs', 2, '--save_path', folder / 'two.pt')
     assert one.returncode == 0, one.stderr
@@ -88,13 +88,13 @@ def test_checkpoints_of_a_distributed_run_are_plain(one_and_two, corpus):
     folder, _one, _ = one_and_two
     state = torch.load(folder / 'two.pt', weights_only=True)['model_state']
     assert not any(k.startswith('module.') for k in state)
-    gen = run_script('generate.py', '--checkpoint', folder / 'two.pt', '--num_words', 5, '--seed',
+    gen = run_main('generate.py', '--checkpoint', folder / 'two.pt', '--num_words', 5, '--seed',
                      1)
     assert gen.returncode == 0, gen.stderr
     # the same model, evaluated by one process and by two: every token once, the same sums
     evaluated = torchrun(2, '--eval_only', '--data_dir', corpus, '--save_path', folder / 'two.pt',
                          '--device', 'cpu')
-    alone = run_script('demo_tie.py', '--eval_only', '--data_dir', corpus, '--save_path',
+    alone = run_main('demo_tie.py', '--eval_only', '--data_dir', corpus, '--save_path',
                        folder / 'two.pt')
     assert evaluated.returncode == 0, evaluated.stderr
     for prefix in ('Validation', 'Test Loss'):
@@ -175,7 +175,7 @@ def test_the_regularized_recipe_trains_the_same_under_two_processes(corpus, tmp_
     random masks off (each process draws its own): two processes train what one trains."""
     preset = ['--recipe', 'regularized', '--dropouti', '0', '--dropouth', '0', '--dropoute', '0',
               '--wdrop', '0', '--epochs', 1]
-    one = run_script('demo_tie.py', '--data_dir', corpus, *FLAGS, *preset, '--save_path',
+    one = run_main('demo_tie.py', '--data_dir', corpus, *FLAGS, *preset, '--save_path',
                      tmp_path / 'one.pt')
     two = torchrun(2, '--data_dir', corpus, *FLAGS, *preset, '--save_path', tmp_path / 'two.pt')
     assert one.returncode == 0, one.stderr

@@ -6,13 +6,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import (
-    printed_test_lines,
-    run_main,
-    run_script,
-    states_equal,
-)
-from runstate import resume_command
+from conftest import printed_test_lines, run_main, states_equal
+from lm.resume import resume_command
 
 
 def validation_perplexities(proc):
@@ -26,7 +21,7 @@ def test_a_finetuning_run_starts_from_the_trained_weights_with_their_sizes(train
     this vocabulary validates near perplexity 12)."""
     source = trained['checkpoint']
     trained_ppl = validation_perplexities(trained['proc'])[-1]
-    proc = run_script('demo_tie.py', '--data_dir', trained['corpus'], '--finetune', source,
+    proc = run_main('demo_tie.py', '--data_dir', trained['corpus'], '--finetune', source,
                       '--lr', '1e-9', '--epochs', '1', '--dropout', '0.3',
                       '--save_path', tmp_path / 'finish.pt')
     assert proc.returncode == 0, proc.stderr
@@ -47,14 +42,14 @@ def test_an_ntasgd_finetuning_run_averages_from_the_start_and_resumes_exactly(tr
     is carried, not started again."""
     corpus, source = trained['corpus'], trained['checkpoint']
     flags = ('--data_dir', corpus, '--optimizer', 'ntasgd', '--lr', '1')
-    whole = run_script('demo_tie.py', *flags, '--finetune', source, '--epochs', '2',
+    whole = run_main('demo_tie.py', *flags, '--finetune', source, '--epochs', '2',
                        '--save_path', tmp_path / 'whole.pt')
     assert whole.returncode == 0, whole.stderr
     assert 'Averaging the weights from the first step' in whole.stdout
-    cut = run_script('demo_tie.py', *flags, '--finetune', source, '--epochs', '1',
+    cut = run_main('demo_tie.py', *flags, '--finetune', source, '--epochs', '1',
                      '--save_path', tmp_path / 'cut.pt')
     assert cut.returncode == 0, cut.stderr
-    resumed = run_script('demo_tie.py', '--data_dir', corpus, '--save_path', tmp_path / 'cut.pt',
+    resumed = run_main('demo_tie.py', '--data_dir', corpus, '--save_path', tmp_path / 'cut.pt',
                          '--resume', '--epochs', '2')
     assert resumed.returncode == 0, resumed.stderr
     assert 'Fine-tuning' not in resumed.stdout

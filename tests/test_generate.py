@@ -1,19 +1,21 @@
 """generate.py run as a user runs it, on the tiny model trained by the `trained` fixture."""
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import data
 import generate
-from checkpoint import build_model, load_checkpoint
-from conftest import PATTERN, run_main, run_script
+from conftest import PATTERN, ROOT, run_main
+from lm.checkpoint import build_model, load_checkpoint
 
 ORDER = PATTERN.split()
 
 
 def gen(trained, *args):
-    return run_script('generate.py', '--checkpoint', trained['checkpoint'], *args)
+    return run_main('generate.py', '--checkpoint', trained['checkpoint'], *args)
 
 
 def words_of(text):
@@ -120,9 +122,49 @@ def test_bad_flags_fail_cleanly(trained, args, message):
 
 
 def test_missing_checkpoint_fails_cleanly(tmp_path):
-    proc = run_script('generate.py', '--checkpoint', tmp_path / 'none.pt')
+    proc = run_main('generate.py', '--checkpoint', tmp_path / 'none.pt')
     assert proc.returncode == 1 and 'checkpoint not found' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_generate_without_a_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    proc = run_main('generate.py')
+    assert proc.returncode == 1
+    assert 'checkpoint not found: best_model.pt' in proc.stderr and 'demo_tie.py' in proc.stderr
+
+
+def test_a_typed_eos_is_followed_by_sos_and_typed_markers_are_refused(trained):
+    vocab = torch.load(trained['checkpoint'], weights_only=True)['vocab']
+    one, two = vocab.index('one'), vocab.index('two')
+    assert generate.prompt_ids(['one', '<eos>', 'two'], vocab) == [
+        data.SOS, one, data.EOS, data.SOS, two]
+    for marker in ('<sos>', '<pad>'):
+        proc = gen(trained, '--seed_text', f'one {marker} two')
+        assert proc.returncode == 1 and marker in proc.stderr and 'not words' in proc.stderr
+
+
+def test_a_sample_that_ends_at_once_says_why(trained):
+    proc = gen(trained, '--seed_text', 'one two three four five six seven eight', '--stop_at_eos',
+               '--seed', 1)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == 'one two three four five six seven eight'
+    assert 'ended at once' in proc.stderr
+
+
+def test_generation_with_amp_on_a_cpu_runs_in_float32_and_says_so(trained):
+    proc = gen(trained, '--amp', '--num_words', 3, '--device', 'cpu')
+    assert proc.returncode == 0, proc.stderr
+    assert 'float32' in proc.stderr
+
+
+def test_a_closed_pipe_ends_generation_quietly(trained):
+    line = (f'{sys.executable} {ROOT}/generate.py --checkpoint {trained["checkpoint"]} '
+            '--num_samples 50 --num_words 20 | head -1')
+    proc = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.stdout.strip()
+    assert 'Traceback' not in proc.stderr and 'BrokenPipe' not in proc.stderr
 
 
 def test_a_tiny_temperature_samples_the_likeliest_word(trained):

@@ -1,16 +1,21 @@
 """score.py run as a user runs it, against a tiny trained model."""
 import json
 import math
+import os
 import pickle
 import re
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from conftest import PATTERN, run_main, run_script
+from conftest import PATTERN, ROOT, run_main, run_script, train, write_corpus
+from lm.checkpoint import build_model, load_checkpoint
 
 
-def score(trained, *args, stdin=None):
-    return run_script('score.py', '--checkpoint', trained['checkpoint'], *args)
+def score(trained, *args):
+    return run_main('score.py', '--checkpoint', trained['checkpoint'], *args)
 
 
 def totals(text):
@@ -99,14 +104,8 @@ def test_out_of_vocabulary_words_are_reported_and_scored_as_unk(trained, tmp_pat
 
 
 def test_stdin_is_read_with_a_dash(trained):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-    proc = subprocess.run([sys.executable, str(ROOT / 'score.py'), '--checkpoint',
-                           trained['checkpoint'], '-'],
-                          input='one two three\n', capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = run_script('score.py', '--checkpoint', trained['checkpoint'], '-',
+                      input='one two three\n')
     assert proc.returncode == 0, proc.stderr
     assert 'note: the text is too short for 4 rows' in proc.stderr
     assert totals(proc.stdout)
@@ -150,3 +149,50 @@ def test_first_line_byte_order_mark_is_not_part_of_the_first_word(trained, tmp_p
     text.write_bytes('\ufeffone two three\n'.encode('utf-8'))
     proc = score(trained, text, '--batch_size', '1')
     assert proc.returncode == 0 and 'read as <unk>' not in proc.stderr, proc.stderr
+
+
+def test_scores_count_the_words_read_as_unk_or_respelled(tmp_path):
+    """A PTB-style vocabulary (lower case, numbers as N): 'The' and '2021' are respelled,
+    'bitcoin' and a typed '<unk>' are scored as <unk>."""
+    lines = 'the company said N shares rose\nthe stock fell N\n' * 30
+    write_corpus(tmp_path / 'corpus', lines)
+    proc, save = train(tmp_path, epochs=1)
+    assert proc.returncode == 0, proc.stderr
+    text = tmp_path / 'odd.txt'
+    text.write_text('The bitcoin fell 20% in 2021 <unk>\nthe stock fell\n')
+    doc = json.loads(run_main('score.py', '--checkpoint', save, '--json', text).stdout)
+    # The -> the, 2021 -> N; bitcoin, 20% and in are not in the vocabulary
+    assert [(r['unk'], r['respelled']) for r in doc['per_line']] == [(4, 2), (0, 0)]
+    assert doc['scored_as_unk'] == 4 and doc['respelled'] == 2
+    assert doc['out_of_vocabulary'] == 3
+    table = run_main('score.py', '--checkpoint', save, text).stdout
+    assert '<unk>' in table.splitlines()[0] and 'respelled' in table.splitlines()[0]
+    assert '3 read as <unk>, 2 respelled; 4 tokens scored as <unk>' in table
+
+
+def test_a_closed_pipe_ends_scoring_quietly(trained):
+    line = (f'{sys.executable} {ROOT}/score.py --checkpoint {trained["checkpoint"]} --per_token '
+            f'{trained["corpus"] / "test.txt"} | head -3')
+    proc = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.stdout.strip()
+    assert 'Traceback' not in proc.stderr and 'BrokenPipe' not in proc.stderr
+
+
+def test_scoring_from_a_closed_stdin_says_so(trained):
+    proc = run_script('score.py', '--checkpoint', trained['checkpoint'], '-',
+                      preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 1 and 'standard input is closed' in proc.stderr
+
+
+def test_independent_lines_are_scored_in_pieces_of_bounded_size(trained):
+    import score
+    ckpt = load_checkpoint(trained['checkpoint'])
+    model = build_model(ckpt)
+    line = ' '.join(['one two three four five six seven eight'] * 40)
+    path = trained['folder'] / 'long_line.txt'
+    path.write_text(line + '\nfive six\n')
+    text = score.read_text(str(path), ckpt['vocab'])
+    whole = score.score_independent(model, text, None, torch.device('cpu'), budget=10**9)
+    pieces = score.score_independent(model, text, None, torch.device('cpu'), budget=50)
+    assert pieces == pytest.approx(whole, rel=1e-6, nan_ok=True)

@@ -12,11 +12,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 import data
-import demo_tie
-from checkpoint import best_checkpoint, save_checkpoint
+from lm import flags
+from lm.checkpoint import best_checkpoint, save_checkpoint
 from model import LSTMLanguageModel
 
-args = demo_tie.build_parser().parse_args(['--tied'])
+args = flags.build_parser().parse_args(['--tied'])
 corpus = data.load_corpus(args.data_dir)
 torch.manual_seed(0)
 model = LSTMLanguageModel(len(corpus.vocab), 650, 650, 2, 0.5, True)

@@ -17,15 +17,15 @@ learns from it, so a token's score depends on the text before it alone:
         decay rate: sqrt(MS) normalised to mean 1, capped at 1 / lambda. The model is changed in
         memory only; reset() puts the checkpoint's weights back.
 
-engine.token_losses runs the windows; `adaptive_scorer` is what it calls for each of them.
+lm.loop.token_losses runs the windows; `adaptive_scorer` is what it calls for each of them.
 """
 import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 
 import data
+from lm.loop import cross_entropy
 from model import detach_hidden
 
 EPSILON = 1e-5  # Krause et al.'s: keeps weights whose gradients were ~0 on training text still
@@ -79,7 +79,7 @@ def gradient_rms(model, stream, segment, max_tokens, rows):
             x, y = data.get_window(text, start, segment)
             model.zero_grad(set_to_none=True)
             logits, hidden = model(x, detach_hidden(hidden))
-            F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).backward()
+            cross_entropy(logits, y).backward()
             for name, p in model.named_parameters():
                 if p.grad is not None:
                     grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
@@ -131,15 +131,14 @@ def cudnn_backward_in_eval(device):
 
 
 def adaptive_scorer(model, cache=None, dynamic=None, record=None):
-    """engine.token_losses' `scorer`: (x, y, hidden) -> (loss of each target, hidden). The
+    """lm.loop.token_losses' `scorer`: (x, y, hidden) -> (loss of each target, hidden). The
     window is scored by the model as it stands, mixed with the `cache` (a NeuralCache), and
     only then does `dynamic` (a DynamicEval) learn from it. With `record` (a list), each
     window's (outputs, targets, model loss) is appended, for replaying other caches."""
     def score(x, y, hidden):
         with torch.enable_grad() if dynamic is not None else contextlib.nullcontext():
             logits, hidden, output, _ = model(x, detach_hidden(hidden), with_outputs=True)
-            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
-                                  reduction='none')
+            nll = cross_entropy(logits, y, reduction='none')
             if dynamic is not None:
                 nll.mean().backward()
                 dynamic.step()

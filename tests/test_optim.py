@@ -1,6 +1,6 @@
-"""The optimiser options beyond the reference's Adam: --optimizer sgd and ntasgd (SGD, then
-the mean of the weights from the epoch NT-ASGD's trigger picks), and the learning-rate
-schedules (--schedule cosine, --warmup)."""
+"""The optimiser options beyond the reference's Adam (lm/optim.py): --optimizer sgd and ntasgd
+(SGD, then the mean of the weights from the epoch NT-ASGD's trigger picks), and the
+learning-rate schedules (--schedule cosine, --warmup)."""
 import copy
 import csv
 import itertools
@@ -11,57 +11,25 @@ import pytest
 import torch
 
 import data
-from checkpoint import build_model
 from conftest import (
     printed_test_lines,
     run_main,
-    run_script,
     run_whole_and_interrupted,
     states_equal,
     write_corpus,
 )
-from engine import (
-    Stepping,
-    WeightAverage,
-    averaging_should_start,
-    evaluate,
-    train_epoch,
-    window_lr_factors,
-)
+from lm.checkpoint import build_model
+from lm.loop import evaluate
+from lm.optim import WeightAverage, averaging_should_start, window_lr_factors
 from model import LSTMLanguageModel
 
 SMALL = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '2', '--batch_size', '4',
          '--seq_length', '8', '--tied', '--device', 'cpu']
 
 
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return LSTMLanguageModel(vocab_size=20, embed_size=8, hidden_size=8, num_layers=2,
-                             dropout=0.0, tied=True)
-
-
-def test_the_weight_average_is_the_mean_of_the_weights_after_each_step():
-    """SGD + WeightAverage through train_epoch: the average is the plain mean of the weights
-    the model held after each of the epoch's steps (recorded here after every window)."""
-    stream = data.batchify(torch.randint(0, 20, (4 * 61,)), 4)
-    model = small_model()
-    sgd = torch.optim.SGD(model.parameters(), lr=0.5, weight_decay=1e-4)
-    average = WeightAverage(model)
-    after_each_step = []
-    train_epoch(model, stream, data.fixed_windows(stream, 6),
-                Stepping(sgd, clip=5.0, weight_average=average),
-                on_window=lambda k, loss: after_each_step.append(
-                    copy.deepcopy(dict(model.named_parameters()))))
-    assert average.count == len(after_each_step) == len(data.fixed_windows(stream, 6)) == 10
-    for name, p in model.named_parameters():
-        mean = torch.stack([weights[name].detach() for weights in after_each_step]).mean(0)
-        assert torch.allclose(average.mean[name], mean, atol=1e-6), name
-    assert any(not torch.allclose(average.mean[name], p, atol=1e-3)  # a mean, not the last
-               for name, p in model.named_parameters())
-
-
 def test_in_use_puts_the_mean_in_and_the_weights_back():
-    model = small_model()
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(20, 8, 8, 2, 0.0, True)
     own = copy.deepcopy(model.state_dict())
     average = WeightAverage(model)
     for name in average.mean:
@@ -96,19 +64,30 @@ def overfitting_corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp('overfit'), train, valid, valid)
 
 
-def test_ntasgd_averages_from_the_epoch_its_trigger_picks_and_resumes_exactly(tmp_path,
-                                                                             overfitting_corpus):
+@pytest.fixture(scope='module')
+def ntasgd_runs(overfitting_corpus, tmp_path_factory):
+    """NT-ASGD with a trigger after one bad epoch: 5 epochs whole, and 4 epochs (averaging
+    under way) that tests resume."""
+    folder = tmp_path_factory.mktemp('ntasgd')
     flags = ['--data_dir', overfitting_corpus, *SMALL, '--optimizer', 'ntasgd', '--lr', '2',
              '--nonmono', '1']
-    whole = run_script('demo_tie.py', *flags, '--epochs', '5', '--save_path', tmp_path / 'whole.pt')
+    whole = run_main('demo_tie.py', *flags, '--epochs', '5', '--save_path', folder / 'whole.pt')
     assert whole.returncode == 0, whole.stderr
-    with open(tmp_path / 'whole.csv') as f:
+    part = run_main('demo_tie.py', *flags, '--epochs', '4', '--save_path', folder / 'part.pt')
+    assert part.returncode == 0, part.stderr
+    return folder, whole
+
+
+def test_ntasgd_averages_from_the_epoch_its_trigger_picks_and_resumes_exactly(
+        overfitting_corpus, ntasgd_runs, tmp_path):
+    folder, whole = ntasgd_runs
+    with open(folder / 'whole.csv') as f:
         vals = [float(row['val_loss']) for row in csv.DictReader(f)]
     trigger = next(e for e in range(1, 6) if averaging_should_start(vals[:e - 1], vals[e - 1], 1))
     assert trigger < 5
-    assert (f'Averaging the weights from epoch {trigger + 1} on' in whole.stdout)
+    assert f'Averaging the weights from epoch {trigger + 1} on' in whole.stdout
 
-    last = torch.load(tmp_path / 'whole.last.pt', weights_only=True)
+    last = torch.load(folder / 'whole.last.pt', weights_only=True)
     corpus = data.load_corpus(overfitting_corpus)
     windows_per_epoch = len(data.fixed_windows(data.batchify(corpus.train, 4), 8))
     assert last['weight_average']['count'] == windows_per_epoch * (5 - trigger)
@@ -123,11 +102,11 @@ def test_ntasgd_averages_from_the_epoch_its_trigger_picks_and_resumes_exactly(tm
     assert evaluate(model, valid, 8)[0] != pytest.approx(vals[-1], abs=1e-3)
 
     # cut after epoch 4 (averaging under way), resumed: the same run
-    part = run_script('demo_tie.py', *flags, '--epochs', '4', '--save_path', tmp_path / 'part.pt')
-    assert part.returncode == 0, part.stderr
+    for name in ('part.pt', 'part.last.pt', 'part.csv'):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
     assert torch.load(tmp_path / 'part.last.pt', weights_only=True)['weight_average'] is not None
-    rest = run_script('demo_tie.py', '--resume', '--epochs', '5', '--data_dir', overfitting_corpus,
-                      '--save_path', tmp_path / 'part.pt')
+    rest = run_main('demo_tie.py', '--resume', '--epochs', '5', '--data_dir', overfitting_corpus,
+                    '--save_path', tmp_path / 'part.pt')
     assert rest.returncode == 0, rest.stderr
     resumed = torch.load(tmp_path / 'part.last.pt', weights_only=True)
     for name, t in last['model_state'].items():
@@ -137,35 +116,34 @@ def test_ntasgd_averages_from_the_epoch_its_trigger_picks_and_resumes_exactly(tm
     assert resumed['weight_average']['count'] == last['weight_average']['count']
 
 
+def test_a_damaged_weight_average_is_refused_on_resume(tmp_path, overfitting_corpus, ntasgd_runs):
+    folder, _ = ntasgd_runs
+    for name in ('part.pt', 'part.csv'):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    ckpt = torch.load(folder / 'part.last.pt', weights_only=True)
+    name = next(iter(ckpt['weight_average']['mean']))
+    ckpt['weight_average']['mean'][name] = torch.zeros(3)
+    torch.save(ckpt, tmp_path / 'part.last.pt')
+    refused = run_main('demo_tie.py', '--resume', '--epochs', '5', '--data_dir',
+                       overfitting_corpus, '--save_path', tmp_path / 'part.pt')
+    assert refused.returncode == 1 and 'is damaged' in refused.stderr, refused.stderr
+    assert 'Traceback' not in refused.stderr
+
+
 def test_sgd_needs_a_learning_rate_of_its_own(tmp_path):
     proc = run_main('demo_tie.py', '--optimizer', 'sgd', '--tied', '--save_path',
-                      tmp_path / 'm.pt')
+                    tmp_path / 'm.pt')
     assert proc.returncode == 2
     assert '--optimizer sgd needs an --lr' in proc.stderr and 'Traceback' not in proc.stderr
 
 
 def test_the_optimizer_cannot_change_on_resume(tmp_path, overfitting_corpus):
     flags = ['--data_dir', overfitting_corpus, *SMALL, '--save_path', tmp_path / 'm.pt']
-    first = run_script('demo_tie.py', *flags, '--epochs', '1')
+    first = run_main('demo_tie.py', *flags, '--epochs', '1')
     assert first.returncode == 0, first.stderr
     refused = run_main('demo_tie.py', *flags, '--epochs', '2', '--resume', '--optimizer', 'sgd',
                        '--lr', '1')
     assert refused.returncode == 1 and 'made with --optimizer adam' in refused.stderr
-    assert 'Traceback' not in refused.stderr
-
-
-def test_a_damaged_weight_average_is_refused_on_resume(tmp_path, overfitting_corpus):
-    flags = ['--data_dir', overfitting_corpus, *SMALL, '--optimizer', 'ntasgd', '--lr', '2',
-             '--nonmono', '1', '--save_path', tmp_path / 'm.pt']
-    first = run_script('demo_tie.py', *flags, '--epochs', '4')
-    assert first.returncode == 0, first.stderr
-    ckpt = torch.load(tmp_path / 'm.last.pt', weights_only=True)
-    name = next(iter(ckpt['weight_average']['mean']))
-    ckpt['weight_average']['mean'][name] = torch.zeros(3)
-    torch.save(ckpt, tmp_path / 'm.last.pt')
-    refused = run_main('demo_tie.py', '--resume', '--epochs', '5', '--data_dir',
-                       overfitting_corpus, '--save_path', tmp_path / 'm.pt')
-    assert refused.returncode == 1 and 'is damaged' in refused.stderr, refused.stderr
     assert 'Traceback' not in refused.stderr
 
 
@@ -189,24 +167,10 @@ def test_warm_up_rises_linearly_and_cosine_falls_from_one_towards_zero():
     assert both == pytest.approx([0.5 * 1.0 * 6 / 4, 1.0 * (1 + math.cos(math.pi / 4)) / 2 * 2 / 4])
 
 
-def test_each_step_takes_its_windows_learning_rate_factor():
-    """The learning rate the optimizer actually steps with, seen from inside its step."""
-    stream = data.batchify(torch.randint(0, 20, (4 * 25,)), 4)
-    model = small_model()
-    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
-    seen = []
-    sgd.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]['lr']))
-    train_epoch(model, stream, data.fixed_windows(stream, 6), Stepping(sgd, clip=5.0),
-                lr_factors=[0.5, 1.0, 0.25, 2.0])
-    assert seen == pytest.approx([0.05, 0.1, 0.025, 0.2])
-    assert sgd.param_groups[0]['lr'] == 0.1  # the optimizer's own rate is left as it was
-
-
 def test_a_cosine_run_prints_its_rate_and_resumes_bit_for_bit_from_mid_epoch(tmp_path):
     """Through the script: each epoch's printed rate is where the schedule stands at its end,
     and a run stopped by SIGTERM in mid-epoch and resumed takes exactly the same steps."""
-    whole, resumed = run_whole_and_interrupted(tmp_path, '--schedule', 'cosine', '--warmup', '0.5',
-                                               '--epochs', '2')
+    whole, resumed = run_whole_and_interrupted(tmp_path, '--schedule', 'cosine', '--warmup', '0.5')
     printed = [line for line in whole.stdout.splitlines() if line.startswith('current lr')]
     assert printed == ['current lr: [0.005]', 'current lr: [0.0]']  # --lr 0.01: half, then 0
     with open(tmp_path / 'model.csv') as f:
@@ -217,7 +181,7 @@ def test_a_cosine_run_prints_its_rate_and_resumes_bit_for_bit_from_mid_epoch(tmp
 
 def test_plateau_flags_are_refused_under_the_cosine_schedule(tmp_path):
     proc = run_main('demo_tie.py', '--tied', '--schedule', 'cosine', '--lr_patience', '3',
-                      '--save_path', tmp_path / 'm.pt')
+                    '--save_path', tmp_path / 'm.pt')
     assert proc.returncode == 2
     assert '--lr_factor and --lr_patience belong to --schedule plateau' in proc.stderr
     assert 'Traceback' not in proc.stderr

@@ -9,16 +9,6 @@ import sys
 
 import torch
 
-from options import positive_int
-
-
-def add_device_flags(parser):
-    parser.add_argument('--device', type=str, default='auto',
-                        help='auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps')
-    parser.add_argument('--threads', type=positive_int, default=None,
-                        help="CPU threads for PyTorch (default: PyTorch's choice, one per core); "
-                             'lower it when other work shares the machine')
-
 
 def pick_device(name='auto'):
     """'auto' takes cuda, then mps, then cpu; any other name must be available."""

@@ -24,7 +24,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from device import pick_device
+from lm.device import pick_device
 
 # A process that waits longer than this for the others (one of them died or hangs) fails,
 # and torchrun then ends the whole job, rather than leaving it blocked forever.

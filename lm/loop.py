@@ -1,8 +1,7 @@
-"""The training engine: one epoch of truncated BPTT, evaluation, the optimizer, its schedule
-and NT-ASGD's weight average. Shared by the trainer, the scorer, the benchmark and the tests,
-so all of them run exactly the same loop.
+"""The loop: one epoch of truncated BPTT, and evaluation. Shared by the trainer, the scorer,
+the benchmark and the tests, so all of them run exactly the same loop; `cross_entropy` is the
+one token loss of all of them.
 """
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+from lm.optim import scaled_lr
 from model import detach_hidden
 
 REFRESH_EVERY = 50  # windows between reads of the training loss (each read waits for the GPU)
@@ -33,76 +33,12 @@ def perplexity(loss):
     return math.exp(loss) if loss < 700 else float('inf')
 
 
-def make_optimizer(model, lr, weight_decay, name='adam'):
-    """`name` 'adam' (the reference's): Adam in one fused kernel where this PyTorch has it for
-    the model's device (the same update, a few passes over memory fewer), else PyTorch's
-    default (multi-tensor where the device supports it). 'sgd' and 'ntasgd': plain SGD (for
-    'ntasgd' the trainer also keeps a WeightAverage once averaging_should_start says so)."""
-    if name in ('sgd', 'ntasgd'):
-        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-
-def averaging_should_start(val_losses, val_loss, nonmono):
-    """NT-ASGD's trigger (Merity et al. 2017): start averaging once the validation loss
-    `val_loss` is worse than the best of the epochs before the last `nonmono` ones
-    (`val_losses`, the earlier epochs' losses, oldest first). A few bad epochs in a row
-    start it; one noisy epoch does not."""
-    return len(val_losses) > nonmono and val_loss > min(val_losses[:-nonmono])
-
-
-class WeightAverage:
-    """The mean of the model's weights after each step since averaging started (the "A" of
-    NT-ASGD; torch.optim.ASGD with t0=0, lambd=0, which AWD-LSTM switches to, keeps nearly
-    the same mean in its `ax`, leaving out the first step's weights). The optimizer stays
-    what it was. The model trains on its own weights; validation, the best checkpoint and
-    the test use the mean:
-
-        with average.in_use(model):
-            evaluate(model, ...)
-    """
-
-    def __init__(self, model):
-        self.mean = {name: p.detach().clone() for name, p in model.named_parameters()}
-        self.count = 0  # steps averaged; the first update replaces the copy above
-
-    @torch.no_grad()
-    def update(self, model):
-        self.count += 1
-        for name, p in model.named_parameters():
-            self.mean[name].lerp_(p.detach(), 1 / self.count)
-
-    @contextlib.contextmanager
-    def in_use(self, model):
-        """The model holds the mean inside the block and its own weights again after it."""
-        params = dict(model.named_parameters())
-        own = {name: p.detach().clone() for name, p in params.items()}
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self.mean[name])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(own[name])
-
-    def state_dict(self):
-        return {'mean': {name: t.cpu() for name, t in self.mean.items()}, 'count': self.count}
-
-    def load_state_dict(self, state):
-        """Refuses (ValueError) a state that does not fit the model."""
-        mean, count = state['mean'], int(state['count'])
-        if set(mean) != set(self.mean) or count < 0 or any(
-                not torch.is_tensor(mean[n]) or mean[n].shape != t.shape
-                for n, t in self.mean.items()):
-            raise ValueError('its weight average does not fit the model')
-        for name, t in self.mean.items():
-            t.copy_(mean[name])
-        self.count = count
+def cross_entropy(logits, targets, reduction='mean'):
+    """The loss of each target (`reduction` 'none'), or their mean: logits (..., vocab) and
+    targets (...) of the same leading shape, computed in float32 whatever precision autocast
+    gave the logits."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           reduction=reduction)
 
 
 @dataclass(frozen=True)
@@ -157,7 +93,7 @@ def train_epoch(model, train_data, windows, stepping, start=EpochStart(), lr_fac
                 logits, hidden, output, dropped = forward(x, hidden, with_outputs=True)
             else:
                 logits, hidden = forward(x, hidden)
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss = cross_entropy(logits, y)
             objective = loss
             if regularize:
                 objective = loss + activation_penalty(output, dropped, stepping.alpha,
@@ -202,49 +138,6 @@ def take_step(model, objective, stepping, lr_factor):
         stepping.weight_average.update(model)
 
 
-@contextlib.contextmanager
-def scaled_lr(optimizer, scale):
-    """The learning rate times `scale` for one step."""
-    if scale == 1:
-        yield
-        return
-    base = [g['lr'] for g in optimizer.param_groups]
-    for g, lr in zip(optimizer.param_groups, base):
-        g['lr'] = lr * scale
-    try:
-        yield
-    finally:
-        for g, lr in zip(optimizer.param_groups, base):
-            g['lr'] = lr
-
-
-def schedule_factor(start, end, epochs, schedule='plateau', warmup=0.0):
-    """The multiplier of the learning rate for a step taken from `start` to `end` epochs into
-    training (fractions: window k of n in epoch e runs from e - 1 + k/n to e - 1 + (k+1)/n).
-
-        warm-up   end / warmup, until it reaches 1: a linear rise over the first `warmup`
-                  epochs (0: none); the first step already moves
-        cosine    (1 + cos(pi * start / epochs)) / 2: from 1 at the first step down towards
-                  0 at the last, over the run's `epochs`
-        plateau   1: the plateau schedule acts on the optimizer's rate between epochs
-
-    A function of the position alone, so that a resumed run takes the same steps."""
-    factor = min(1.0, end / warmup) if warmup > 0 else 1.0
-    if schedule == 'cosine':
-        factor *= (1 + math.cos(math.pi * min(start, epochs) / epochs)) / 2
-    return factor
-
-
-def window_lr_factors(windows, seq_length, epoch, epochs, schedule='plateau', warmup=0.0,
-                      by_length=False):
-    """The learning-rate multiplier of each of epoch `epoch`'s `windows` (start, length): the
-    schedule's (schedule_factor), times length / seq_length with `by_length` (variable-length
-    windows, AWD-LSTM's), so that every token weighs the same."""
-    n = len(windows)
-    return [schedule_factor(epoch - 1 + k / n, epoch - 1 + (k + 1) / n, epochs, schedule, warmup)
-            * (length / seq_length if by_length else 1) for k, (_, length) in enumerate(windows)]
-
-
 def activation_penalty(output, dropped, alpha, beta):
     """AWD-LSTM's activation regularisation on the last LSTM layer's output (batch, time,
     hidden): AR, alpha x the mean square of the output after dropout (keeps activations
@@ -281,7 +174,7 @@ def token_losses(model, batched, seq_length, *, forward=None, autocast_dtype=Non
     (`add_across` adds their sums) or the windows differently gives the same figure to the
     last printed digit. With keep_tokens, also each target's loss, laid out like
     `batched[:, 1:]`. A `scorer(x, y, hidden) -> (loss of each target, hidden)` replaces the
-    model's plain forward (adapt.py's cache and dynamic evaluation)."""
+    model's plain forward (lm/adapt.py's cache and dynamic evaluation)."""
     forward = model if forward is None else forward
     model.eval()
     device = batched.device
@@ -297,8 +190,7 @@ def token_losses(model, batched, seq_length, *, forward=None, autocast_dtype=Non
             with torch.autocast(device.type, dtype=autocast_dtype,
                                 enabled=autocast_dtype is not None):
                 logits, hidden = forward(x, hidden)
-            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
-                                  reduction='none')
+            nll = cross_entropy(logits, y, reduction='none')
         totals[0] += nll.sum(dtype=dtype)
         # masked_fill, not boolean indexing, which would make the CPU wait for the GPU
         totals[1] += nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum(dtype=dtype)

@@ -27,9 +27,8 @@ from typing import NamedTuple
 import torch
 
 from data import SPECIALS, UNK
-from engine import WeightAverage
-from model import LSTMLanguageModel
-from recipe import MODEL_REGULARIZERS
+from lm.optim import WeightAverage
+from model import MODEL_REGULARIZERS, LSTMLanguageModel
 
 FORMAT = 'lstm-tied-lm/1'
 MODEL_ARGS = ('vocab_size', 'embed_size', 'hidden_size', 'num_layers', 'dropout', 'tied')
@@ -73,19 +72,6 @@ def save_checkpoint(obj, path):
         if e.filename is None:
             raise OSError(e.errno, e.strerror or str(e), path) from None
         raise
-
-
-def check_writable(path):
-    """Fail now, not after hours of training, if checkpoints cannot be written at `path`."""
-    if os.path.isdir(path):
-        raise CheckpointError(f'cannot write checkpoint {path}: it is a folder')
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise CheckpointError(f'cannot write checkpoint {path}: {e.strerror or e}') from None
 
 
 TRAIN_FIRST = ('; train a model first (python demo_tie.py --tied writes best_model.pt; the '

@@ -1,6 +1,6 @@
 """Write a synthetic corpus in PTB's format, to measure how reading scales with corpus size.
 
-    python synth_corpus.py --tokens 100000000 --vocab 300000 --out runs/synth100m
+    python -m lm.synth_corpus --tokens 100000000 --vocab 300000 --out runs/synth100m
 
 Words are drawn from a Zipf distribution (the r-th most frequent word has probability
 proportional to 1/r, as in natural text) over `--vocab` words named w0, w1, ...; lines have
@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from options import positive_int
+from lm.flags import positive_int
 
 CHUNK = 1_000_000  # words generated and written at a time, so memory stays small
 

@@ -1,0 +1,20 @@
+"""The machinery behind the scripts at the top level (demo_tie.py, generate.py, score.py,
+bench.py, plot.py), each module one concern:
+
+    flags        every trainer flag, declared once (parser, resume rules, the docs' table)
+    recipes      named sets of the regulariser flags (--recipe regularized)
+    loop         one epoch of truncated BPTT, evaluation, and the one token loss
+    optim        the optimizer, its schedule, NT-ASGD's weight average
+    trainer      the steps of a training run that demo_tie.py's loop calls
+    checkpoint   the checkpoint format: built, written atomically, read safely
+    runfiles     a run's files beside --save_path, its lock, the metrics CSV
+    resume       what a resume takes from its checkpoint, random states, the resume command
+    signals      how SIGINT, SIGTERM and SIGHUP stop a run
+    device       --device, --threads and --amp
+    distributed  what differs under torchrun
+    adapt        scores that adapt to the text: the neural cache, dynamic evaluation
+    synth_corpus synthetic corpora, to time reading (python -m lm.synth_corpus)
+
+Nothing here is imported before it is needed: lm.signals, which demo_tie.py imports before
+PyTorch, imports nothing heavy.
+"""

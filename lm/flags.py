@@ -1,0 +1,255 @@
+"""Every flag of the trainer, declared once: its type, default and help, and what becomes of it
+under --resume and --finetune. The parser (`build_parser`), the resume and fine-tune rules
+(lm.resume) and the flags table of docs/training.md (`python -m lm.flags` prints it) are all
+made from FLAGS. Also the value types the other scripts share.
+
+Each type refuses what would fail later, or silently do nothing: argparse then prints a
+one-line message naming the flag, instead of a traceback hours into a run.
+"""
+import argparse
+import copy
+import math
+import sys
+from dataclasses import dataclass
+
+from lm.recipes import RECIPES
+from model import MODEL_REGULARIZERS
+
+
+def checked_number(kind, ok, what):
+    def parse(text):
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+        if not (ok(value) and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f'{text} is not {what}')
+        return value
+    return parse
+
+
+positive_int = checked_number(int, lambda v: v > 0, 'a positive integer')
+non_negative_int = checked_number(int, lambda v: v >= 0, 'an integer >= 0')
+positive_float = checked_number(float, lambda v: v > 0, 'a number > 0')
+non_negative_float = checked_number(float, lambda v: v >= 0, 'a number >= 0')
+probability = checked_number(float, lambda v: 0 <= v < 1, 'a probability in [0, 1)')
+factor = checked_number(float, lambda v: 0 < v < 1, 'a factor in (0, 1)')
+# torch.manual_seed takes at most 64 bits; numpy's seed is taken modulo 2**32.
+seed_value = checked_number(int, lambda v: 0 <= v < 2**63, 'a seed in [0, 2**63)')
+
+# What --resume does with a flag (the `resume` of a Flag), as the docs' table says it:
+RESUME_RULES = {
+    'fixed': 'from the checkpoint; another value is refused',
+    'changeable': 'from the checkpoint unless given; a new value applies from the next window',
+    'layout': 'as changeable, but only between epochs',
+    'ignored': 'ignored: the random state continues from the checkpoint',
+    'command': "this command's",
+}
+NOT_SET = object()  # a Flag's `before`: the flag has been in every checkpoint
+REGULARISERS = 'regularisers (beyond the reference; all off by default)'
+OPTIMISER = 'optimiser (beyond the reference; Adam by default)'
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    default: object
+    help: str
+    type: object = None          # a value type above, or str; None for switches
+    switch: str = None           # 'store_true', or 'on/off' (--x and --no-x)
+    choices: tuple = None
+    resume: str = 'command'      # a key of RESUME_RULES
+    from_model: bool = False     # under --finetune: the trained model's value unless given
+    before: object = NOT_SET     # what checkpoints made before the flag existed had
+    group: str = None            # the --help section, REGULARISERS or OPTIMISER
+    metavar: str = None
+    optional_value: bool = False  # --resume alone, or --resume PATH
+
+    def add_to(self, parser):
+        kw = {'default': self.default, 'help': self.help}
+        if self.switch == 'store_true':
+            kw['action'] = 'store_true'
+        elif self.switch == 'on/off':
+            kw['action'] = argparse.BooleanOptionalAction
+        else:
+            kw.update(type=self.type, choices=self.choices, metavar=self.metavar)
+            if self.optional_value:
+                kw.update(nargs='?', const='')
+        parser.add_argument(f'--{self.name}', **{k: v for k, v in kw.items() if v is not None
+                                                  or k == 'default'})
+
+
+def _rate_of(name, what):
+    return Flag(name, MODEL_REGULARIZERS[name], what, probability, resume='changeable',
+                from_model=True, group=REGULARISERS)
+
+
+FLAGS = [
+    # The reference's fifteen, with its names, defaults and help texts.
+    Flag('data_dir', './data/penn/', 'Directory containing train.txt, valid.txt, test.txt', str),
+    Flag('batch_size', 20, 'Batch size', positive_int, resume='layout', from_model=True),
+    Flag('embed_size', 650, 'Embedding size', positive_int, resume='fixed', from_model=True),
+    Flag('hidden_size', 650, 'Hidden size of LSTM', positive_int, resume='fixed',
+         from_model=True),
+    Flag('num_layers', 2, 'Number of LSTM layers', positive_int, resume='fixed',
+         from_model=True),
+    Flag('dropout', 0.5, 'Dropout probability', probability, resume='changeable',
+         from_model=True),
+    Flag('lr', 0.001, 'Learning rate', positive_float, resume='changeable'),
+    Flag('epochs', 40, 'Number of training epochs', positive_int, resume='changeable'),
+    Flag('clip', 5.0, 'Gradient clipping', positive_float, resume='changeable'),
+    Flag('seq_length', 30, 'Sequence length', positive_int, resume='layout', from_model=True),
+    Flag('save_path', 'best_model.pt', 'Path to save the best model', str),
+    Flag('weight_decay', 1e-5, 'Weight decay (L2 regularization)', non_negative_float,
+         resume='changeable'),
+    Flag('lr_factor', 0.5, 'Factor by which the learning rate will be reduced', factor,
+         resume='changeable'),
+    Flag('lr_patience', 2, 'Number of epochs with no improvement after which learning rate '
+         'will be reduced', non_negative_int, resume='changeable'),
+    Flag('tied', False, 'Enable weight tying', switch='store_true', resume='fixed',
+         from_model=True),
+    # Beyond the reference:
+    Flag('seed', 1111, 'Random seed (torch, numpy, random)', seed_value, resume='ignored'),
+    Flag('device', 'auto', 'auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps', str),
+    Flag('threads', None, "CPU threads for PyTorch (default: PyTorch's choice, one per core); "
+         'lower it when other work shares the machine', positive_int),
+    Flag('resume', None, 'Continue training from a last checkpoint; without PATH, the one '
+         'beside --save_path (best_model.pt -> best_model.last.pt)', str, metavar='PATH',
+         optional_value=True),
+    Flag('max_vocab', 0, 'Keep at most this many words in the vocabulary, specials and <unk> '
+         'included, the most frequent first; the rest become <unk> (0: no limit)',
+         non_negative_int, resume='fixed', from_model=True),
+    Flag('min_count', 1, 'Words seen fewer times in train.txt become <unk>', positive_int,
+         resume='fixed', from_model=True),
+    Flag('finetune', None, "Start a new run from a trained model's weights (a best or last "
+         'checkpoint), with its sizes, vocabulary, regularisers and layout (unless given) and '
+         "this command's optimizer, --lr, schedule and --epochs: a finishing phase. With "
+         "--optimizer ntasgd the weights are averaged from the first step, as in AWD-LSTM's "
+         'finetune', str, metavar='PATH'),
+    Flag('overwrite', False, 'Start afresh where an earlier run left its files at --save_path '
+         '(they are deleted)', switch='store_true'),
+    Flag('eval_only', False, 'Only print the validation and test results of the checkpoint at '
+         '--save_path', switch='store_true'),
+    Flag('amp', False, 'Mixed precision: bfloat16 autocast on CUDA (float16 with loss scaling '
+         'where bfloat16 is missing) and on CPUs with native bfloat16 (AVX-512 BF16, AMX); '
+         'float32 weights', switch='store_true'),
+    Flag('compile', False, 'torch.compile the model (first windows are slower while it '
+         'compiles)', switch='store_true'),
+    # The opt-in regularisers (AWD-LSTM's, Merity et al. 2017; lm.recipes names sets of them).
+    Flag('recipe', 'reference', 'A named set of the flags below; flags given override it', str,
+         choices=tuple(sorted(RECIPES)), resume='fixed', from_model=True,
+         before='reference', group=REGULARISERS),
+    Flag('variational', MODEL_REGULARIZERS['variational'], 'Locked dropout: one mask per '
+         'sequence, shared across time steps, on the embedding output, between LSTM layers and '
+         'on the LSTM output', switch='on/off', resume='fixed', from_model=True, before=False,
+         group=REGULARISERS),
+    _rate_of('dropouti', 'Dropout on the embedding output (default: --dropout)'),
+    _rate_of('dropouth', 'Dropout between LSTM layers (default: --dropout)'),
+    _rate_of('dropoute', 'Embedding dropout: whole words dropped from the embedding matrix'),
+    _rate_of('wdrop', "Weight drop: DropConnect on the LSTM's hidden-to-hidden weights"),
+    Flag('alpha', 0.0, "Activation regularisation (AR): weight of the last layer's mean squared "
+         'output after dropout', non_negative_float, resume='changeable', from_model=True,
+         group=REGULARISERS),
+    Flag('beta', 0.0, 'Temporal activation regularisation (TAR): weight of the mean squared '
+         "change of the last layer's output from one step to the next", non_negative_float,
+         resume='changeable', from_model=True, group=REGULARISERS),
+    Flag('variable_bptt', False, 'Windows of random length around --seq_length, drawn anew '
+         'each epoch, with the learning rate scaled by length / --seq_length', switch='on/off',
+         resume='layout', from_model=True, before=False, group=REGULARISERS),
+    # The optimiser and its schedule (lm.optim).
+    Flag('optimizer', 'adam', "adam: the reference's. sgd: plain SGD (give it an --lr of its "
+         'own; AWD-LSTM uses 30 with --clip 0.25). ntasgd: SGD, then the mean of the weights '
+         'from the epoch that --nonmono picks on (validation, the best checkpoint and the test '
+         'use that mean)', str, choices=('adam', 'sgd', 'ntasgd'), resume='fixed',
+         before='adam', group=OPTIMISER),
+    Flag('nonmono', 5, 'ntasgd starts averaging at the first epoch whose validation loss is '
+         'worse than the best of the epochs before the last --nonmono ones', positive_int,
+         resume='changeable', group=OPTIMISER),
+    Flag('schedule', 'plateau', "plateau: the reference's (--lr_factor after --lr_patience "
+         'epochs without improvement). cosine: from --lr down to 0 over --epochs, step by step',
+         str, choices=('plateau', 'cosine'), resume='fixed', before='plateau', group=OPTIMISER),
+    Flag('warmup', 0.0, 'Raise the learning rate linearly from near 0 to --lr over the first '
+         'EPOCHS epochs (fractions allowed), step by step, under either schedule',
+         non_negative_float, resume='changeable', before=0.0, group=OPTIMISER, metavar='EPOCHS'),
+]
+BY_NAME = {flag.name: flag for flag in FLAGS}
+REGULARIZER_FLAGS = [flag.name for flag in FLAGS if flag.group == REGULARISERS]
+
+
+def names(**rule):
+    """The flags whose fields have the given values: names(resume='fixed')."""
+    return tuple(f.name for f in FLAGS if all(getattr(f, k) == v for k, v in rule.items()))
+
+
+def before_the_flag():
+    """{flag: value} for the flags added after checkpoints existed: a checkpoint without one
+    is read as having this value."""
+    return {f.name: f.before for f in FLAGS if f.before is not NOT_SET}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description='LSTM Language Model on Penn Treebank',
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_flags(parser, [f.name for f in FLAGS])
+    return parser
+
+
+def add_flags(parser, wanted):
+    """Add the flags named in `wanted` to `parser`, each in its --help section (bench.py
+    takes the model's and the regularisers')."""
+    groups = {}
+    for name in wanted:
+        flag = BY_NAME[name]
+        target = parser
+        if flag.group:
+            if flag.group not in groups:
+                groups[flag.group] = parser.add_argument_group(flag.group)
+            target = groups[flag.group]
+        flag.add_to(target)
+
+
+def add_device_flags(parser):
+    """--device and --threads, for the scripts that run a model."""
+    add_flags(parser, ['device', 'threads'])
+
+
+def explicit_flags(parser, argv):
+    """The flags given on the command line (not left at their defaults)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def shown_default(flag):
+    """A flag's default as the docs' table shows it."""
+    if flag.switch == 'store_true' or flag.default is False:
+        return 'off'
+    if flag.default is True:
+        return 'on'
+    if flag.default is None:
+        return '`--dropout`' if flag.name in ('dropouti', 'dropouth') else 'none'
+    return f'`{flag.default}`'
+
+
+def markdown_table():
+    """The flags table of docs/training.md, from the parser's own flags and the rules above."""
+    parser = build_parser()
+    rows = ['| flag | default | under `--resume` | under `--finetune` | meaning |',
+            '| --- | --- | --- | --- | --- |']
+    for action in parser._actions:
+        if action.dest == 'help':
+            continue
+        flag = BY_NAME[action.dest]
+        spelled = f'`--{flag.name}`' + (f' / `--no-{flag.name}`' if flag.switch == 'on/off'
+                                        else '')
+        finetune = "the model's unless given" if flag.from_model else ''
+        help_text = action.help.replace('<unk>', '`<unk>`').replace('|', '/')
+        rows.append(f'| {spelled} | {shown_default(flag)} | {RESUME_RULES[flag.resume]} | '
+                    f'{finetune} | {help_text} |')
+    return '\n'.join(rows)
+
+
+if __name__ == '__main__':
+    print(markdown_table())
+    sys.exit(0)

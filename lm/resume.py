@@ -1,0 +1,177 @@
+"""What a resume agrees on with its checkpoint: which flags it takes from it (the rules are
+lm.flags'), the save path claimed, each process's random state, and the command that resumes.
+"""
+import os
+import random
+import shlex
+import sys
+
+import numpy as np
+import torch
+
+from lm import flags
+from lm.checkpoint import NOT_RESUMABLE, CheckpointError, damaged, load_last_checkpoint
+from lm.runfiles import LockError, RunFiles, SavePathError, hold_lock
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CUDA too
+
+
+def rng_state():
+    """Every RNG the run draws from, as tensors and Python values (weights_only can load it)."""
+    _, key, pos, has_gauss, cached = np.random.get_state()
+    return {'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'numpy': [torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
+                      float(cached)],
+            'random': random.getstate()}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    key, pos, has_gauss, cached = state['numpy']
+    np.random.set_state(('MT19937', key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state['random']
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ------------------------------------------------------------------ what a resume agrees on
+
+# The rules of lm.flags, by name. FIXED: from the checkpoint, a contradicting value refused;
+# LAYOUT: fixed inside an epoch (its position is a window of this layout), free between epochs;
+# CHANGEABLE: applied from the next window on, and said; FROM_THE_MODEL: under --finetune, the
+# fine-tuned model's unless given (those that define it must agree).
+FIXED_ON_RESUME = flags.names(resume='fixed')
+LAYOUT = flags.names(resume='layout')
+CHANGEABLE_ON_RESUME = flags.names(resume='changeable')
+IGNORED_ON_RESUME = flags.names(resume='ignored')
+FROM_THE_MODEL = flags.names(from_model=True)
+
+
+def flag_syntax(name, value):
+    if isinstance(value, bool):
+        return f'--{name}' if value else f'no --{name}'
+    return f'--{name} {value}'
+
+
+def merge_resume_args(args, given, saved, mid_epoch, source='the run being resumed'):
+    """Settle `args` for a resume: flags not `given` on the command line take the
+    checkpoint's values (`saved`); given ones must agree with it where they define the model,
+    data or layout. Returns the changed flags as (name, old, new)."""
+    conflicts, changes = [], []
+    for name in FIXED_ON_RESUME + LAYOUT + CHANGEABLE_ON_RESUME:
+        if name not in saved:
+            continue  # a checkpoint from before the flag existed
+        if name not in given:
+            setattr(args, name, saved[name])
+        elif getattr(args, name) != saved[name]:
+            if name in CHANGEABLE_ON_RESUME or (name in LAYOUT and not mid_epoch):
+                changes.append((name, saved[name], getattr(args, name)))
+            else:
+                conflicts.append(name)
+    if conflicts:
+        wanted = ', '.join(flag_syntax(n, saved[n]) for n in conflicts)
+        raise CheckpointError(f'{source} was made with {wanted}; leave these flags '
+                              'out (they come from the checkpoint) or give those values'
+                              + (' (batch size and window length can change between epochs, not '
+                                 'inside one)' if set(conflicts) & set(LAYOUT) else ''))
+    return changes
+
+
+def merge_finetune_args(args, given, ckpt, path):
+    """Settle `args` for --finetune, as for a resume but over the model's own flags alone
+    (FROM_THE_MODEL): the optimizer, its schedule, --lr and --epochs are this command's."""
+    saved = {**flags.before_the_flag(), **(ckpt.get('args') or {})}
+    return merge_resume_args(args, given, {n: saved[n] for n in FROM_THE_MODEL if n in saved},
+                             mid_epoch=False, source=f'the model in {path}')
+
+
+def earlier_run_message(files):
+    """Why a fresh run is refused where an earlier run left files, and what to do, as the
+    files that exist allow: --resume only where there is a last checkpoint."""
+    found = ', '.join(files.existing())
+    if os.path.exists(files.last):
+        return (f'{found} are from an earlier run. Continue it with --resume, or start afresh '
+                'with --overwrite (which deletes them)')
+    return (f'{found} are from an earlier run that left no last checkpoint ({files.last}) to '
+            'continue from. Start afresh with --overwrite (which deletes them), or use another '
+            '--save_path')
+
+
+def claim_save_path(args, given, group):
+    """Before anything is read: the run's files, and on resume the checkpoint with the flags
+    settled from it. Only the first process checks and locks the files; all read the
+    checkpoint. Returns (files, checkpoint or None, resume path or None, changed flags).
+    A refusal by the first process ends every process with its message (rather than leaving
+    the others to fail at their next exchange, with a traceback each)."""
+    files = RunFiles.beside(args.save_path)
+    refusal = None
+    if group.is_main:
+        try:
+            files.check_writable()
+            hold_lock(files)
+            files.remove_stale_temporaries()
+            if args.resume is None and files.existing():
+                if not args.overwrite:
+                    raise SavePathError(earlier_run_message(files))
+                files.check_ours()
+        except (SavePathError, LockError) as e:
+            refusal = e
+    refusal = group.gather_objects(refusal)[0]  # the first process's, on every process
+    if refusal:
+        raise refusal
+    if args.resume is None:
+        return files, None, None, []
+    resume_path = args.resume or files.last
+    ckpt = load_last_checkpoint(resume_path)
+    saved = {**flags.before_the_flag(), **(ckpt.get('args') or {})}
+    changes = merge_resume_args(args, given, saved,
+                                mid_epoch=ckpt.get('position') is not None)
+    return files, ckpt, resume_path, changes
+
+
+def seed_process(seed, rank):
+    """Dropout differs from process to process: each draws from its own seed."""
+    if rank:
+        seed_everything(seed + 1_000_003 * rank)
+
+
+def restore_random_state(ckpt, path, group, seed):
+    """Each process's random state as the last checkpoint at `path` left it. With another
+    number of processes than the checkpoint's: the first process's, fresh streams for the
+    others, and a warning (returned) that the run is no longer bit-identical to an
+    uninterrupted one."""
+    try:
+        first = ckpt['rng']
+        states = ckpt.get('rng_of_processes') or [first]
+        if len(states) == group.world_size:
+            set_rng_state(states[group.rank])
+            return None
+        set_rng_state(first)
+    except NOT_RESUMABLE as e:
+        raise damaged(path, e) from None
+    seed_process(seed, group.rank)
+    return (f'the checkpoint was written by {len(states)} process(es), this job has '
+            f'{group.world_size}: training continues correctly, but the dropout masks of processes '
+            'after the first start afresh, so the run is not bit-identical to an uninterrupted one')
+
+
+def resume_command(last_path, command_line=None):
+    """This run's command line (`command_line`, default sys.argv[1:]) with `--resume last_path`
+    in place of any --resume, --overwrite or --finetune PATH it had: a stopped fine-tuning run
+    resumes like any other, and --resume refuses --finetune."""
+    argv, rest = [], iter(sys.argv[1:] if command_line is None else command_line)
+    for arg in rest:
+        if arg in ('--resume', '--finetune'):
+            next_arg = next(rest, None)
+            if arg == '--resume' and next_arg is not None and next_arg.startswith('-'):
+                argv.append(next_arg)  # --resume took no path: that was the next flag
+        elif not arg.startswith(('--resume=', '--finetune=')) and arg != '--overwrite':
+            argv.append(arg)
+    return ' '.join(['python', 'demo_tie.py'] + [shlex.quote(a) for a in argv]
+                    + ['--resume', shlex.quote(last_path)])

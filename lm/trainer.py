@@ -1,0 +1,425 @@
+"""The steps of a training run that demo_tie.py's loop calls: set the run up (claim the save
+path, read the data, build or restore the model and optimizer), train one epoch, validate,
+step the schedule, save the best model, the metrics row and the last checkpoint, and stop
+cleanly on a signal. Nothing here prints the run's lines; demo_tie.py does.
+"""
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+import torch
+from tqdm import tqdm
+
+import data
+from lm import flags
+from lm.checkpoint import (
+    best_checkpoint,
+    check_same_data,
+    check_stored_args,
+    data_fingerprint,
+    last_checkpoint,
+    load_checkpoint,
+    load_weights,
+    model_args,
+    restore_training,
+    save_checkpoint,
+)
+from lm.device import mixed_precision
+from lm.loop import (
+    EpochStart,
+    NonFiniteLoss,
+    Stepping,
+    epoch_loss,
+    evaluate,
+    perplexity,
+    train_epoch,
+)
+from lm.optim import (
+    WeightAverage,
+    apply_changes,
+    averaging_should_start,
+    make_optimizer,
+    make_scheduler,
+    schedule_factor,
+    window_lr_factors,
+)
+from lm.recipes import apply_recipe
+from lm.resume import (
+    IGNORED_ON_RESUME,
+    claim_save_path,
+    merge_finetune_args,
+    restore_random_state,
+    resume_command,
+    rng_state,
+    seed_process,
+)
+from lm.runfiles import MetricsLog, RunFiles, check_lock
+from lm.signals import StopRequest
+from model import LSTMLanguageModel, detach_hidden
+
+
+class RunError(Exception):
+    """Ends the run with a message and exit status 1."""
+
+
+SPEAKS = True  # False in every process but the first under torchrun
+
+
+def warn(message):
+    if SPEAKS:
+        print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+def bar(**kw):
+    """A progress bar on stderr, shown by the first process only."""
+    return tqdm(file=sys.stderr, disable=not SPEAKS, **kw)
+
+
+# ------------------------------------------------------------------ set the run up
+
+@dataclass
+class Run:
+    """What the steps of one run share: fixed by start_run, then advanced epoch by epoch."""
+    args: object                  # the flags, settled (from the checkpoint on resume)
+    group: object                 # lm.distributed.Single, or Distributed under torchrun
+    files: RunFiles
+    corpus: data.Corpus
+    streams: dict                 # 'train', 'valid', 'test': this process's batched rows
+    model: LSTMLanguageModel
+    scheduler: object             # ReduceLROnPlateau
+    stepping: Stepping            # how train_epoch steps (optimizer, --amp, AR/TAR, NT-ASGD)
+    evaluator: object             # what validation runs (the compiled model, never DDP's)
+    run_id: str                   # shared by this run's best and last checkpoints
+    stop: StopRequest = None      # the signal handler: whether a signal asked to stop
+    changes: list = field(default_factory=list)  # (flag, old, new) changed on resume/finetune
+    finetuned: dict = None        # the checkpoint --finetune starts from
+    resumed_from: str = None      # the last checkpoint this run continues, if any
+    next_epoch: int = 1
+    position: dict = None         # where in next_epoch a resumed run starts (None: its start)
+    best_val: float = math.inf
+    val_loss: float = None        # the newest epoch's validation loss
+    val_losses: list = field(default_factory=list)  # every epoch's, for NT-ASGD's trigger
+    wrote_last: bool = False      # a last checkpoint already on disk may be an earlier run's
+    metrics: MetricsLog = None    # the first process's CSV
+
+    @property
+    def optimizer(self):
+        return self.stepping.optimizer
+
+
+def start_run(args, given, device, group, stop):
+    """Claim the save path, settle the flags (from the checkpoint on resume or --finetune),
+    read the data, build the model and optimizer, and restore them on resume."""
+    apply_recipe(args, given)  # then claim_save_path takes what was not given from a resumed
+    # checkpoint, the recipe's flags included
+    files, ckpt, resume_path, changes = claim_save_path(args, given, group)
+    if ckpt is not None:
+        check_stored_args(ckpt, resume_path, flags.build_parser())
+    source = None
+    if args.finetune:
+        source = load_checkpoint(args.finetune)
+        check_stored_args(source, args.finetune, flags.build_parser())
+        changes = merge_finetune_args(args, given, source, args.finetune)
+    corpus = read_data(args, files, group, ckpt, resume_path, source)
+    model = LSTMLanguageModel(**model_args(args, len(corpus.vocab))).to(device)
+    if source is not None:
+        load_weights(model, source)
+    streams = {split: group.rows(data.batchify(getattr(corpus, split), args.batch_size)).to(device)
+               for split in data.SPLITS}  # each process's rows of each stream
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, args.optimizer)
+    scheduler = make_scheduler(optimizer, args.lr_factor, args.lr_patience)
+    forward, autocast_dtype, scaler = speedups(args, model, group.wrap(model), device,
+                                               streams['train'].size(0))
+    stepping = Stepping(optimizer, args.clip, forward, autocast_dtype, scaler, args.alpha,
+                        args.beta, average_losses=group.mean if group.world_size > 1 else None)
+    run = Run(args, group, files, corpus, streams, model, scheduler, stepping,
+              evaluator=forward if group.world_size == 1 else model, run_id=uuid.uuid4().hex,
+              stop=stop, changes=changes, finetuned=source)
+    seed_process(args.seed, group.rank)
+    if ckpt is not None:
+        resume(run, ckpt, resume_path, given)
+    if source is not None and args.optimizer == 'ntasgd':  # AWD-LSTM's finetune
+        run.stepping = replace(stepping, weight_average=WeightAverage(model))
+    return run
+
+
+def read_data(args, files, group, ckpt, resume_path, source):
+    """The corpus, checked against the run being resumed; under --finetune read with the
+    model's vocabulary. An earlier run's files are deleted (--overwrite) only now, so that a
+    typo in --data_dir does not cost them."""
+    corpus = data.load_corpus(args.data_dir, vocab=source and source['vocab'],
+                              max_vocab=args.max_vocab, min_count=args.min_count)
+    data.check_size('train', corpus.train, args.batch_size, args.seq_length)
+    for split in ('valid', 'test'):  # one target per row at least
+        data.check_size(split, getattr(corpus, split), args.batch_size)
+    if ckpt is not None:
+        check_same_data(ckpt, resume_path, corpus, args.data_dir)
+    elif args.overwrite and group.is_main:
+        files.delete_earlier_run()
+    return corpus
+
+
+def speedups(args, model, forward, device, rows):
+    """(forward, autocast dtype, GradScaler) for --amp and --compile, with a warning where
+    one is unsupported and the default path instead. `forward` is the model, or its
+    DistributedDataParallel wrapper; `rows` this process's batch rows."""
+    dtype, scaler, warning = mixed_precision(device, args.amp)
+    if warning:
+        warn(warning)
+    if args.compile:
+        eager = forward
+        try:
+            forward = torch.compile(eager)
+            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), \
+                    torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                x = torch.zeros(rows, args.seq_length, dtype=torch.long, device=device)
+                forward(x, model.init_hidden(rows))[0].sum().backward()
+            model.zero_grad(set_to_none=True)
+        except Exception as e:  # noqa: BLE001  compilers fail in many ways; all mean: run eagerly
+            warn(f'--compile is not supported here ({type(e).__name__}); running uncompiled')
+            forward = eager
+    return forward, dtype, scaler
+
+
+def resume(run, ckpt, path, given):
+    """Continue the run of the last checkpoint at `path`: its weights, optimizer, schedule,
+    position and random state, with the flags of run.changes applied from the next window."""
+    args, saved = run.args, ckpt.get('args') or {}
+    for name in IGNORED_ON_RESUME:  # --seed: --variable_bptt draws each epoch's windows from it
+        if name in given and getattr(args, name) != saved.get(name, getattr(args, name)):
+            warn(f'--{name} is ignored on resume: the random state continues from the checkpoint')
+        setattr(args, name, saved.get(name, getattr(args, name)))
+    restored = restore_training(
+        ckpt, path, run.model, run.optimizer, run.scheduler, run.stepping.scaler,
+        lambda epoch: len(epoch_windows(args, run.streams['train'], epoch)), args.batch_size)
+    run.next_epoch, run.best_val, run.position = restored[:3]
+    run.val_losses = restored.val_losses
+    run.stepping = replace(run.stepping, weight_average=restored.weight_average)
+    changed_processes = restore_random_state(ckpt, path, run.group, args.seed)
+    if changed_processes:
+        warn(changed_processes)
+    run.run_id = ckpt.get('run_id')  # None for a checkpoint from before run ids
+    run.resumed_from = path
+    apply_changes(run.changes, run.optimizer, run.scheduler)
+
+
+def epoch_windows(args, train_data, epoch):
+    """The epoch's training windows as (start, length); under --variable_bptt drawn anew
+    each epoch from the run's seed, so that a resumed run draws the same ones."""
+    if args.variable_bptt:
+        rng = random.Random(f'{args.seed}:{epoch}')
+        return data.variable_windows(train_data, args.seq_length, rng)
+    return data.fixed_windows(train_data, args.seq_length)
+
+
+# ------------------------------------------------------------------ each epoch
+
+@dataclass
+class EpochRun:
+    result: object        # lm.loop.EpochResult
+    windows: list         # the epoch's (start, length) windows
+    started: float        # time.time() when the epoch began, counting time before a resume
+    train_seconds: float  # training time, validation left out
+
+    @property
+    def finished(self):
+        return self.result.next_window == len(self.windows)
+
+
+def train_one_epoch(run, epoch, on_window=None):
+    """Train `epoch` from its start, or from where a resumed run stopped in it; stop early,
+    at a window's edge, when a signal asked for it. `on_window(epoch, k)` is called after
+    each window k (0-based)."""
+    args, group = run.args, run.group
+    windows = epoch_windows(args, run.streams['train'], epoch)
+    lr_factors = window_lr_factors(windows, args.seq_length, epoch, args.epochs, args.schedule,
+                                   args.warmup, args.variable_bptt)
+    start, seconds = EpochStart(), 0.0
+    if run.position is not None:  # resuming in mid-epoch
+        p, device = run.position, run.streams['train'].device
+        hidden = tuple(group.rows(h, dim=1).contiguous().to(device) for h in p['hidden'])
+        start = EpochStart(p['window'], hidden, p['losses'].to(device))
+        seconds, run.position = p['seconds'], None
+    started = time.time() - seconds
+    with bar(total=len(windows), initial=start.window, desc=f'Epoch {epoch}', leave=False,
+             dynamic_ncols=True) as progress:
+        def show(k, running_loss):
+            progress.update()
+            if running_loss is not None:
+                progress.set_postfix(loss=f'{running_loss:.3f}',
+                                     ppl=f'{perplexity(running_loss):.1f}')
+            if on_window is not None:
+                on_window(epoch, k)
+        try:
+            result = train_epoch(run.model, run.streams['train'], windows, run.stepping, start,
+                                 lr_factors, lambda: group.stop_agreed(run.stop.signum is not None),
+                                 show)
+        except NonFiniteLoss as e:
+            raise RunError(
+                f'the training loss became NaN or infinite in epoch {epoch}, window {e.window} '
+                f'of {len(windows)}; try a lower --lr (now {args.lr}) or --clip (now '
+                f'{args.clip}). {run.files.best} is unchanged.') from None
+    return EpochRun(result, windows, started, time.time() - started)
+
+
+def averaged(run):
+    """Inside this block the model holds NT-ASGD's mean weights, once there is a mean."""
+    average = run.stepping.weight_average
+    return average.in_use(run.model) if average is not None else contextlib.nullcontext()
+
+
+def validate(run):
+    """(loss, loss without <sos>) on the validation split, of NT-ASGD's mean once there is one."""
+    valid = run.streams['valid']
+    with bar(total=len(data.window_starts(valid, run.args.seq_length)), desc='Validation',
+             leave=False) as progress, averaged(run):
+        run.val_loss, val_no_sos = evaluate(
+            run.model, valid, run.args.seq_length, forward=run.evaluator,
+            autocast_dtype=run.stepping.autocast_dtype, add_across=run.group.sum,
+            on_window=lambda k: progress.update())
+    return run.val_loss, val_no_sos
+
+
+def step_schedule(run, epoch, val_loss):
+    """Step the plateau schedule on `val_loss`; the learning rates the next epoch starts at."""
+    args = run.args
+    if args.schedule == 'plateau':
+        run.scheduler.step(val_loss)
+    reached = schedule_factor(epoch, epoch, args.epochs, args.schedule, args.warmup)
+    return [g['lr'] * reached for g in run.optimizer.param_groups]
+
+
+def save_best(run, epoch, val_loss):
+    run.best_val = val_loss
+    if run.group.is_main:
+        with averaged(run), writing(run):
+            save_checkpoint(best_checkpoint(run.model, run.corpus.vocab, run.args, epoch,
+                                            val_loss, run.run_id), run.files.best)
+
+
+def start_averaging_when_due(run, val_loss):
+    """NT-ASGD: from the step after the epoch that triggers it, keep the weights' mean.
+    Returns whether it starts now."""
+    args, starts = run.args, False
+    if (args.optimizer == 'ntasgd' and run.stepping.weight_average is None
+            and averaging_should_start(run.val_losses, val_loss, args.nonmono)):
+        run.stepping = replace(run.stepping, weight_average=WeightAverage(run.model))
+        starts = True
+    run.val_losses.append(val_loss)
+    return starts
+
+
+def write_metrics_row(run, epoch, done, val_no_sos, lr, seconds):
+    if run.metrics is None:  # not the first process
+        return
+    train_loss = epoch_loss(done.result.losses, done.windows)
+    tokens = run.streams['train'].numel() * run.group.world_size
+    with writing(run):
+        run.metrics.append({
+            'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
+            'train_ppl': f'{perplexity(train_loss):.4f}', 'val_loss': f'{run.val_loss:.6f}',
+            'val_ppl': f'{perplexity(run.val_loss):.4f}', 'val_loss_no_sos': f'{val_no_sos:.6f}',
+            'val_ppl_no_sos': f'{perplexity(val_no_sos):.4f}',
+            'lr': lr, 'seconds': f'{seconds:.2f}',
+            'train_tokens_per_s': f'{tokens / done.train_seconds:.1f}'})
+
+
+@contextlib.contextmanager
+def writing(run):
+    """A block that writes one of the run's files: only while this run still holds the save
+    path's lock, and never cut short by a signal."""
+    check_lock(run.files)
+    with run.stop.writing():
+        yield
+
+
+def save_last(run, epoch, done, position=None):
+    """Write the last checkpoint after `done` (an EpochRun): at an epoch's end (`position`
+    None) or where a signal stopped it. Every process takes part (the hidden and random
+    states are gathered); the first one writes."""
+    group = run.group
+    if position is not None:
+        position['hidden'] = tuple(group.gather_rows(h) for h in position['hidden'])
+    rngs = group.gather_objects(rng_state())
+    if group.is_main:
+        best = best_checkpoint(run.model, run.corpus.vocab, run.args, epoch, run.val_loss,
+                               run.run_id)
+        with writing(run):
+            save_checkpoint(last_checkpoint(
+                best, optimizer=run.optimizer, scheduler=run.scheduler,
+                scaler=run.stepping.scaler, best_val_loss=run.best_val, val_losses=run.val_losses,
+                weight_average=run.stepping.weight_average, rngs=rngs, position=position,
+                window_losses=done.result.losses, fingerprint=data_fingerprint(run.corpus)),
+                run.files.last)
+    run.wrote_last = True
+
+
+def save_stopped_epoch(run, epoch, done):
+    """A signal stopped `epoch` in the middle: keep where, to continue from there."""
+    result = done.result
+    save_last(run, epoch, done, {'window': result.next_window, 'losses': result.losses,
+                                 'hidden': detach_hidden(result.hidden),
+                                 'seconds': time.time() - done.started})
+
+
+@contextlib.contextmanager
+def saving(run):
+    """Training: a file that cannot be written ends the run with a message that says how to
+    resume from the files on disk."""
+    try:
+        yield
+    except OSError as e:
+        last = run.files.last if run.wrote_last else run.resumed_from or run.files.last
+        raise RunError(f'could not write {e.filename or "a checkpoint"}: {e.strerror or e}. '
+                       f'The files already on disk are unchanged; resume with: '
+                       f'{resume_command(last)}') from None
+
+
+# ------------------------------------------------------------------ the end
+
+def stopped_status(run):
+    """After a signal: say how to resume. SIGTERM, SIGHUP and a run with no finished epoch
+    end here (the status); after Ctrl-C the best model is still tested (None)."""
+    signum = run.stop.signum or signal.SIGTERM  # another process's signal stops this one too
+    if run.group.is_main:
+        print(f'Training stopped by {signal.Signals(signum).name}.', file=sys.stderr, end=' ')
+        resumable = run.files.last if run.wrote_last else run.resumed_from
+        if resumable is not None:
+            print(f'Resume with:\n  {resume_command(resumable)}', file=sys.stderr, flush=True)
+            print(f'Resume with: {resume_command(resumable)}', flush=True)  # for logs of stdout
+        else:
+            print('No epoch had started, so there is nothing to resume.', file=sys.stderr,
+                  flush=True)
+    if signum != signal.SIGINT or math.isinf(run.best_val):
+        return 128 + signum
+    return None
+
+
+def load_best(run):
+    """Put this run's best model, reloaded from disk, into run.model, on every process."""
+    if math.isinf(run.best_val):
+        raise RunError('no epoch finished, so there is no best model to test')
+    group = run.group
+    path = best_model_path(run)
+    best = load_checkpoint(path, map_location=run.streams['test'].device) if group.is_main \
+        else None
+    if group.is_main and best.get('run_id') != run.run_id:
+        raise RunError(f'{path} is not this run\'s best model (another run wrote it); '
+                       f'this run\'s best model was saved beside the --save_path it started '
+                       f'with. Test it with: python demo_tie.py --eval_only --save_path PATH')
+    run.model.load_state_dict(group.gather_objects(best['model_state'] if best else None)[0])
+
+
+def best_model_path(run):
+    """Where this run's best model is: beside --save_path, or, for a run resumed into a new
+    --save_path that has not improved on it yet, beside the last checkpoint it resumed."""
+    if os.path.exists(run.files.best) or not run.resumed_from:
+        return run.files.best
+    earlier = RunFiles.beside(run.resumed_from.removesuffix('.last.pt') + '.pt').best
+    return earlier if os.path.exists(earlier) else run.files.best

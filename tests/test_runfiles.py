@@ -1,0 +1,235 @@
+"""The files of a run beside --save_path (lm/runfiles.py): one run per save path, an earlier
+run's files kept unless --overwrite, save paths that cannot work, the metrics CSV, and writes
+that fail without costing what is on disk."""
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import demo_tie
+from conftest import (
+    ROOT,
+    TINY,
+    copy_run,
+    pattern_corpus,
+    run_main,
+    snapshot,
+    train,
+    trainer_process,
+    wait_for,
+)
+from lm.runfiles import read_metrics
+
+# ---------------------------------------------------------------------------- one run, one path
+
+
+def test_a_second_trainer_on_the_same_save_path_is_refused_and_kill_leaves_no_stale_lock(
+        tmp_path, long_corpus):
+    first = trainer_process(tmp_path, '--epochs', 50, corpus=long_corpus)
+    wait_for(first, 'Epoch 1:')
+    second = run_main('demo_tie.py', '--data_dir', long_corpus, *TINY, '--tied',
+                      '--save_path', tmp_path / 'model.pt', '--resume')
+    assert second.returncode == 1
+    assert re.search(rf'another trainer \(pid {first.pid}\) is writing',
+                     second.stderr), second.stderr
+    first.kill()  # kill -9: the OS drops the lock with the process
+    first.communicate()
+    # the lock is free: the next run gets past it (to the missing data folder)
+    third = run_main('demo_tie.py', '--data_dir', tmp_path / 'no-data', *TINY, '--tied',
+                     '--save_path', tmp_path / 'model.pt', '--overwrite')
+    assert third.returncode == 1 and 'data folder not found' in third.stderr, third.stderr
+
+
+def test_a_deleted_lock_file_stops_the_first_run_before_it_writes_again(tmp_path, long_corpus):
+    first = trainer_process(tmp_path, '--epochs', 50, corpus=long_corpus)
+    wait_for(first, 'Epoch 1:')
+    (tmp_path / 'model.lock').unlink()
+    second = run_main('demo_tie.py', '--data_dir', long_corpus, *TINY, '--tied', '--epochs', 1,
+                      '--save_path', tmp_path / 'model.pt', '--overwrite')
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 1, err
+    assert 'model.lock was deleted or replaced' in err and 'without writing' in err
+    assert second.returncode == 0, second.stderr  # the one run left writes alone
+    assert not (tmp_path / 'model.lock').exists()  # and removes its lock when it ends
+
+
+def test_the_lock_file_goes_when_the_run_ends(trained):
+    assert not (trained['folder'] / 'model.lock').exists()
+
+
+def test_temporary_and_lock_files_are_ignored_by_git():
+    ignore = (ROOT / '.gitignore').read_text().split()
+    assert '*.tmp' in ignore and '*.lock' in ignore
+
+
+def test_a_fresh_run_over_an_earlier_runs_files_is_refused_unless_overwrite(tmp_path, one_epoch):
+    copy_run(one_epoch, tmp_path)
+    before = snapshot(tmp_path)
+    again = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied', '--epochs',
+                     1, '--save_path', tmp_path / 'model.pt')
+    assert again.returncode == 1
+    assert all(name in again.stderr for name in ('model.pt', 'model.last.pt', 'model.csv'))
+    assert '--resume' in again.stderr and '--overwrite' in again.stderr
+    assert snapshot(tmp_path) == before
+    typo = run_main('demo_tie.py', '--data_dir', tmp_path / 'no-data', *TINY, '--tied',
+                    '--save_path', tmp_path / 'model.pt', '--overwrite')
+    assert typo.returncode == 1 and snapshot(tmp_path) == before  # nothing deleted for nothing
+    fresh, _ = train(tmp_path, '--overwrite', epochs=1)
+    assert fresh.returncode == 0, fresh.stderr
+    assert (tmp_path / 'model.csv').read_text().count('\n') == 2  # header and one epoch
+
+
+def test_overwrite_deletes_only_files_this_project_wrote(tmp_path, one_epoch):
+    copy_run(one_epoch, tmp_path)
+    (tmp_path / 'model.csv').write_text('my notes, not metrics\n')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied',
+                    '--save_path', tmp_path / 'model.pt', '--overwrite')
+    assert proc.returncode == 1
+    assert 'model.csv is not a file this trainer wrote' in proc.stderr
+    assert (tmp_path / 'model.csv').read_text() == 'my notes, not metrics\n'
+    assert (tmp_path / 'model.pt').exists() and (tmp_path / 'model.last.pt').exists()
+
+
+def test_stale_temporary_files_of_this_run_are_removed_at_start(tmp_path):
+    pattern_corpus(tmp_path / 'corpus')
+    stale = [tmp_path / '.model.pt.abc123.tmp', tmp_path / '.model.last.pt.x9.tmp']
+    other = tmp_path / '.other.pt.zz.tmp'  # not this run's: left alone
+    for path in stale + [other]:
+        path.write_bytes(b'partial')
+    proc, _ = train(tmp_path, epochs=1)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+# ---------------------------------------------------------------------------- save paths
+
+@pytest.mark.parametrize('save_path', ['m.csv', '', 'folder/', 'm.lock'])
+def test_save_paths_that_name_no_file_or_collide_are_refused_before_reading_data(tmp_path,
+                                                                                 save_path,
+                                                                                 monkeypatch):
+    (tmp_path / 'folder').mkdir()
+    monkeypatch.chdir(tmp_path)
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'no-data', '--save_path', save_path)
+    assert proc.returncode == 1
+    assert 'save_path' in proc.stderr and 'data folder' not in proc.stderr, proc.stderr
+
+
+def test_a_save_path_that_is_no_regular_file_is_refused_saying_so(tmp_path):
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path, '--save_path', '/dev/null')
+    assert proc.returncode == 1
+    assert '/dev/null is not a regular file' in proc.stderr
+    assert 'from an earlier run' not in proc.stderr
+
+
+def test_unwritable_save_path_fails_before_training(tmp_path):
+    pattern_corpus(tmp_path / 'c')
+    (tmp_path / 'afile').write_text('')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'c', *TINY,
+                    '--save_path', tmp_path / 'afile' / 'm.pt')
+    assert proc.returncode == 1 and re.search(r'cannot write checkpoint .*afile/m\.pt', proc.stderr)
+    assert 'Epoch' not in proc.stdout + proc.stderr
+
+
+def test_a_symlinked_save_path_is_followed_and_resumes(tmp_path):
+    pattern_corpus(tmp_path / 'corpus')
+    (tmp_path / 'real').mkdir()
+    (tmp_path / 'lnk').mkdir()
+    os.symlink(tmp_path / 'real' / 'm.pt', tmp_path / 'lnk' / 'link.pt')  # dangling
+    first = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', *TINY, '--tied',
+                     '--epochs', 1, '--save_path', tmp_path / 'lnk' / 'link.pt')
+    assert first.returncode == 0, first.stderr
+    assert os.path.islink(tmp_path / 'lnk' / 'link.pt')
+    assert sorted(os.listdir(tmp_path / 'real')) == ['m.csv', 'm.last.pt', 'm.pt']
+    resumed = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--epochs', 2,
+                       '--save_path', tmp_path / 'lnk' / 'link.pt', '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'Epoch: 2,' in resumed.stdout
+
+
+# ---------------------------------------------------------------------------- the metrics CSV
+
+def test_a_csv_saved_by_a_spreadsheet_keeps_its_rows_on_resume(tmp_path, one_epoch):
+    copy_run(one_epoch, tmp_path)
+    first, _ = train(tmp_path, '--resume', epochs=2)
+    assert first.returncode == 0
+    csv_path = tmp_path / 'model.csv'
+    rows = csv_path.read_text().splitlines()
+    csv_path.write_bytes(('\ufeff' + '\r\n'.join(r.replace(',', ';') for r in rows)
+                          + '\r\n').encode())
+    resumed, _ = train(tmp_path, '--resume', epochs=3)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = csv_path.read_text().splitlines()
+    assert [l.split(',')[0] for l in lines] == ['epoch', '1', '2', '3']
+    assert lines[1:3] == rows[1:3]
+
+
+def test_a_csv_the_trainer_cannot_read_is_kept_and_the_resume_refused(tmp_path, one_epoch):
+    copy_run(one_epoch, tmp_path)
+    csv_path = tmp_path / 'model.csv'
+    renamed = csv_path.read_text().replace('val_ppl,', 'validation perplexity,', 1)
+    csv_path.write_text(renamed)
+    resumed = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--epochs', 2,
+                       '--save_path', tmp_path / 'model.pt', '--resume')
+    assert resumed.returncode == 1 and 'left as it is' in resumed.stderr
+    assert csv_path.read_text() == renamed
+
+
+# ---------------------------------------------------------------------------- failed writes
+
+def limit_file_size(limit):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize('limit', [2000, 9000, 30000])
+def test_a_write_that_fails_inside_torch_save_ends_cleanly_and_keeps_the_files(tmp_path, limit,
+                                                                               one_epoch):
+    copy_run(one_epoch, tmp_path)
+    before = snapshot(tmp_path)
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.run([sys.executable, str(ROOT / 'demo_tie.py'), '--data_dir',
+                           tmp_path / 'corpus', *TINY, '--tied', '--epochs', '3',
+                           '--save_path', tmp_path / 'model.pt', '--resume'],
+                          capture_output=True, text=True, env=env, timeout=300, check=False,
+                          preexec_fn=limit_file_size(limit))
+    assert proc.returncode == 1, proc.stderr
+    assert 'error: could not write' in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'resume with: python demo_tie.py' in proc.stderr
+    # the last checkpoint is the one from before; every file on disk is whole
+    assert (tmp_path / 'model.last.pt').read_bytes() == before['model.last.pt']
+    for name in ('model.pt', 'model.last.pt'):
+        torch.load(tmp_path / name, weights_only=True)
+    epochs = [row['epoch'] for row in read_metrics(tmp_path / 'model.csv')]  # whole, or the old one
+    assert epochs in ([1], [1, 2], [1, 2, 3])
+    assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
+
+
+def test_failed_write_at_end_of_epoch_keeps_the_previous_checkpoints(tmp_path, monkeypatch, capsys,
+                                                                     one_epoch):
+    save = copy_run(one_epoch, tmp_path)
+    last = tmp_path / 'model.last.pt'
+    before = {p: p.read_bytes() for p in (save, last)}
+
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):  # writes part of the file, then the disk is full
+        real_save({'partial': torch.zeros(1000)}, f)
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', disk_full)
+    status = demo_tie.main(['--data_dir', str(tmp_path / 'corpus'), *TINY, '--tied',
+                            '--epochs', '2', '--save_path', str(save), '--resume'])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f'could not write {save}: No space left on device' in err, err
+    assert 'resume with: python demo_tie.py' in err
+    assert {p: p.read_bytes() for p in (save, last)} == before
+    # no temporary file left, and no lock file: the run is over
+    assert sorted(os.listdir(tmp_path)) == ['corpus', 'model.csv', 'model.last.pt', 'model.pt']

@@ -1,0 +1,127 @@
+"""How signals stop a run (lm/signals.py), in real processes: at once while there is nothing
+to save, at a window's edge while training, never in the middle of a write."""
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from conftest import (
+    ROOT,
+    pattern_corpus,
+    printed_test_lines,
+    run_main,
+    trainer_process,
+    wait_for,
+    write_corpus,
+)
+
+
+def test_sigterm_saves_a_last_checkpoint_and_the_printed_command_resumes(tmp_path, long_corpus):
+    """The whole path a scheduler takes: SIGTERM to a training process, exit 143 with the
+    resume command on stderr and stdout, and that command continues the run."""
+    proc = trainer_process(tmp_path, '--epochs', '2', corpus=long_corpus)
+    wait_for(proc, 'Epoch 1:')
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert 'Training stopped by SIGTERM' in err and 'Traceback' not in err
+    assert 'Testing' not in out
+    command = next(line for line in out.splitlines() if line.startswith('Resume with: '))
+    assert command.endswith(f'--resume {tmp_path / "model.last.pt"}')
+    last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
+    assert last['epoch'] == 1 and last['position'] is not None
+    resumed = run_main('demo_tie.py', *shlex.split(command)[4:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'Epoch: 2,' in resumed.stdout and printed_test_lines(resumed)
+
+
+def test_sighup_saves_the_epoch_in_progress_and_exits_129(tmp_path, long_corpus):
+    proc = trainer_process(tmp_path, '--epochs', '50', corpus=long_corpus)
+    wait_for(proc, 'Epoch 1:')
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 129, err
+    assert torch.load(tmp_path / 'model.last.pt', weights_only=True)['position'] is not None
+    assert 'Resume with: python demo_tie.py' in out  # on stdout too, for logs of stdout
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_trainer_starts_ends_it_at_once_with_a_line(tmp_path, signum):
+    pattern_corpus(tmp_path / 'corpus')
+    proc = trainer_process(tmp_path, '--epochs', '5')
+    time.sleep(0.4)  # importing PyTorch
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert 'stopped at once' in err and 'Traceback' not in err
+    assert not (tmp_path / 'model.last.pt').exists()
+
+
+def run_snippet(code):
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_before_training_starts_a_signal_ends_the_run_at_once():
+    """What the trainer installs before reading data: nothing to save yet, so no waiting for
+    a window that will not come."""
+    proc = run_snippet('''
+        import os, signal, time
+        from lm.signals import StopRequest
+        signal.signal(signal.SIGTERM, StopRequest())
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        print('still running')
+    ''')
+    assert proc.returncode == 143 and 'still running' not in proc.stdout
+    assert 'SIGTERM received: stopped at once' in proc.stderr
+
+
+def test_a_second_signal_during_a_write_lets_the_write_finish_then_ends():
+    proc = run_snippet('''
+        import os, signal, time
+        from lm.signals import StopRequest
+        stop = StopRequest()
+        stop.immediate = False  # training
+        signal.signal(signal.SIGINT, stop)
+        os.kill(os.getpid(), signal.SIGINT)  # first: stop after the window
+        with stop.writing():
+            os.kill(os.getpid(), signal.SIGINT)  # second, while a checkpoint is written
+            time.sleep(0.2)
+            print('write complete', flush=True)
+        print('after the write')
+    ''')
+    assert proc.returncode == 130
+    assert proc.stdout.splitlines() == ['write complete']
+    assert 'stopping once the file being written is complete' in proc.stderr
+
+
+def test_a_second_ctrl_c_always_exits_130_cleanly(tmp_path, long_corpus):
+    for attempt in range(3):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        proc = trainer_process(folder, '--epochs', 3, corpus=long_corpus)
+        wait_for(proc, 'Epoch 1:')
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01 * attempt)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert 'Traceback' not in err
+
+
+def test_a_signal_during_the_final_test_ends_it_at_once(tmp_path):
+    # a long test split, so that the test takes long enough to be interrupted
+    write_corpus(tmp_path / 'corpus', 'one two three four five six seven eight\n' * 300,
+                 test='one two three four five six seven eight\n' * 60000)
+    proc = trainer_process(tmp_path, '--epochs', 1)
+    wait_for(proc, 'Testing: ', stream='stdout')
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert 'stopped at once' in err and 'Test Loss' not in out and 'Traceback' not in err
