@@ -45,7 +45,7 @@ EXAMPLE = 'train (word_language_model loop)'
 
 def example_train(model, train_data, optimizer, seq_length, clip):
     """The training loop of PyTorch's word_language_model example, kept as the baseline the
-    trainer is compared with (and checked against in tests/test_speed.py): the model's layers
+    trainer is compared with (and checked against in tests/test_loop.py): the model's layers
     called one by one as in a plain forward, log_softmax then NLLLoss, gradients zeroed with
     zero_grad(), the loss read with .item() every window."""
     criterion = nn.NLLLoss()

@@ -1,4 +1,5 @@
-"""The checkpoint format, built, written, read and checked here alone.
+"""The checkpoint format, built, written, read and checked here alone (what a resume restores
+from a last checkpoint: lm.resume).
 
 Checkpoints are plain dicts of tensors and Python values, written atomically and read with
 weights_only=True. Two kinds, both beside --save_path:
@@ -22,12 +23,10 @@ import re
 import tempfile
 import warnings
 import zipfile
-from typing import NamedTuple
 
 import torch
 
 from data import SPECIALS, UNK
-from lm.optim import WeightAverage
 from model import MODEL_REGULARIZERS, LSTMLanguageModel
 
 FORMAT = 'lstm-tied-lm/1'
@@ -261,7 +260,7 @@ def best_checkpoint(model, vocab, args, epoch, val_loss, run_id):
 def last_checkpoint(best, *, optimizer, scheduler, scaler, best_val_loss, val_losses,
                     weight_average, rngs, position, window_losses, fingerprint):
     """The best checkpoint's fields (`best`, for the newest weights) and the training state
-    that --resume restores (see restore_training). `rngs`: each process's rng_state();
+    that --resume restores (lm.resume.restore_training). `rngs`: each process's rng_state();
     `position`: None at an epoch's end, else {'window', 'losses', 'hidden', 'seconds'} of
     the window to run next, the hidden state laid out as one process's batch."""
     return {**best, 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
@@ -289,77 +288,3 @@ def check_same_data(ckpt, path, corpus, data_dir):
         if changed:
             raise CheckpointError(f'{", ".join(changed)} in {data_dir} differ from the data this '
                                   'run started with; resume with the same data, or start a new run')
-
-
-def load_last_checkpoint(path):
-    """A last checkpoint, refused with advice when it is missing or a best one."""
-    ckpt = load_checkpoint(path, missing_hint='; there is no last checkpoint to continue from '
-                           '(start afresh with --overwrite, or resume another run with '
-                           '--resume PATH)')
-    if 'optimizer' not in ckpt:
-        raise CheckpointError(f'{path} holds a model only; resume from the ".last.pt" '
-                              'checkpoint written beside it')
-    return ckpt
-
-
-class Restored(NamedTuple):
-    first_epoch: int         # the epoch to run next (the stopped one, from `position`)
-    best_val: float
-    position: dict           # where in that epoch, or None to start it afresh
-    val_losses: list         # every finished epoch's validation loss
-    weight_average: object   # NT-ASGD's WeightAverage, or None before it started
-
-
-NOT_RESUMABLE = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
-
-
-def restore_training(ckpt, path, model, optimizer, scheduler, scaler, n_windows_of, batch_size):
-    """Load a last checkpoint's training state into the model, optimizer, scheduler and
-    scaler. `n_windows_of(epoch)` is the number of an epoch's training windows. A checkpoint
-    that loads but does not fit is refused (CheckpointError); the RNG states are restored
-    by runstate.restore_random_state."""
-    try:
-        model.load_state_dict(ckpt['model_state'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
-        if scaler is not None and ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        epoch, best_val = int(ckpt['epoch']), float(ckpt['best_val_loss'])
-        position = ckpt['position']
-        if position is not None:
-            _check_position(position, n_windows_of(epoch), (model.num_layers, batch_size,
-                                                            model.hidden_size))
-        _check_optimizer_state(optimizer)
-        val_losses = [float(v) for v in ckpt.get('val_losses', [])]
-        weight_average = None
-        if ckpt.get('weight_average') is not None:
-            weight_average = WeightAverage(model)
-            weight_average.load_state_dict(ckpt['weight_average'])
-    except NOT_RESUMABLE as e:
-        raise damaged(path, e) from None
-    first_epoch = epoch + (1 if position is None else 0)
-    return Restored(first_epoch, best_val, position, val_losses, weight_average)
-
-
-def _check_position(position, n_windows, hidden_shape):
-    ok = (0 < int(position['window']) < n_windows
-          and tuple(position['losses'].shape) == (n_windows,)
-          and len(position['hidden']) == 2
-          and all(tuple(h.shape) == hidden_shape for h in position['hidden'])
-          and float(position['seconds']) >= 0)
-    if not ok:
-        raise ValueError('its position in the epoch does not fit this model and data')
-
-
-def _check_optimizer_state(optimizer):
-    for group in optimizer.param_groups:
-        for p in group['params']:
-            for value in optimizer.state.get(p, {}).values():
-                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
-                    raise ValueError('its optimizer state does not fit the model')
-
-
-def damaged(path, error):
-    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-    return CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
-                           'another last checkpoint, or start afresh with --overwrite')

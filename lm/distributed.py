@@ -130,8 +130,8 @@ class Distributed(Single):
     def close(self, status):
         """Leave the group. After a normal end (`status` not None) the process also ends here,
         with `status`: at interpreter exit, gloo's C++ teardown sometimes aborts a process
-        whose work is complete ("terminate called without an active exception", SIGABRT; 4
-        of 80 runs on 2 busy CPU cores) and torchrun then fails the whole job. os._exit skips
+        whose work is complete ("terminate called without an active exception", SIGABRT, on
+        busy CPUs) and torchrun then fails the whole job. os._exit skips
         that teardown; every file this process wrote is already closed, and the OS drops its
         lock. With an unexpected error (`status` None) Python exits as usual, with its traceback."""
         if dist.is_initialized():

@@ -64,6 +64,7 @@ class Flag:
     group: str = None            # the --help section, REGULARISERS or OPTIMISER
     metavar: str = None
     optional_value: bool = False  # --resume alone, or --resume PATH
+    shown: str = None            # the default as the docs' table says it, where not the value
 
     def add_to(self, parser):
         kw = {'default': self.default, 'help': self.help}
@@ -80,8 +81,9 @@ class Flag:
 
 
 def _rate_of(name, what):
-    return Flag(name, MODEL_REGULARIZERS[name], what, probability, resume='changeable',
-                from_model=True, group=REGULARISERS)
+    default = MODEL_REGULARIZERS[name]
+    return Flag(name, default, what, probability, resume='changeable', from_model=True,
+                group=REGULARISERS, shown='`--dropout`' if default is None else None)
 
 
 FLAGS = [
@@ -112,7 +114,7 @@ FLAGS = [
     Flag('seed', 1111, 'Random seed (torch, numpy, random)', seed_value, resume='ignored'),
     Flag('device', 'auto', 'auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps', str),
     Flag('threads', None, "CPU threads for PyTorch (default: PyTorch's choice, one per core); "
-         'lower it when other work shares the machine', positive_int),
+         'lower it when other work shares the machine', positive_int, shown="PyTorch's"),
     Flag('resume', None, 'Continue training from a last checkpoint; without PATH, the one '
          'beside --save_path (best_model.pt -> best_model.last.pt)', str, metavar='PATH',
          optional_value=True),
@@ -221,15 +223,13 @@ def explicit_flags(parser, argv):
     return set(vars(probe.parse_args(argv)))
 
 
-def shown_default(flag):
-    """A flag's default as the docs' table shows it."""
-    if flag.switch == 'store_true' or flag.default is False:
+def shown_default(flag, default):
+    """A flag's default, as the parser has it, the way the docs' table shows it."""
+    if flag.shown is not None:
+        return flag.shown
+    if default is False or default is None:
         return 'off'
-    if flag.default is True:
-        return 'on'
-    if flag.default is None:
-        return '`--dropout`' if flag.name in ('dropouti', 'dropouth') else 'none'
-    return f'`{flag.default}`'
+    return 'on' if default is True else f'`{default}`'
 
 
 def markdown_table():
@@ -245,8 +245,8 @@ def markdown_table():
                                         else '')
         finetune = "the model's unless given" if flag.from_model else ''
         help_text = action.help.replace('<unk>', '`<unk>`').replace('|', '/')
-        rows.append(f'| {spelled} | {shown_default(flag)} | {RESUME_RULES[flag.resume]} | '
-                    f'{finetune} | {help_text} |')
+        rows.append(f'| {spelled} | {shown_default(flag, action.default)} | '
+                    f'{RESUME_RULES[flag.resume]} | {finetune} | {help_text} |')
     return '\n'.join(rows)
 
 

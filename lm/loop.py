@@ -52,7 +52,7 @@ class Stepping:
     scaler: object = None             # GradScaler, with float16
     alpha: float = 0.0                # AR and TAR weights (see activation_penalty)
     beta: float = 0.0
-    weight_average: object = None     # a WeightAverage takes in the weights after every step
+    weight_average: object = None     # an lm.optim.WeightAverage: takes in each step's weights
     average_losses: Callable = None   # several processes: their window losses -> the batch's
 
 
@@ -69,7 +69,7 @@ def train_epoch(model, train_data, windows, stepping, start=EpochStart(), lr_fac
     """One pass of truncated BPTT over `train_data` (batch_size, steps): window k is the
     columns windows[k] = (start, length) (data.fixed_windows, or data.variable_windows),
     from window `start.window` on. `lr_factors[k]`, where given, multiplies the learning rate
-    of window k's step (see window_lr_factors); the optimizer's own rate is left as it was.
+    of window k's step (lm.optim.window_lr_factors); the optimizer's own rate stays as it was.
 
     The loss stays on the device: it is read every REFRESH_EVERY windows (to check it is
     finite and to report a running mean through `on_window`) rather than after each window,

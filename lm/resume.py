@@ -1,16 +1,19 @@
 """What a resume agrees on with its checkpoint: which flags it takes from it (the rules are
-lm.flags'), the save path claimed, each process's random state, and the command that resumes.
+lm.flags'), the save path claimed, the training state and each process's random state
+restored, and the command that resumes.
 """
 import os
 import random
 import shlex
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from lm import flags
-from lm.checkpoint import NOT_RESUMABLE, CheckpointError, damaged, load_last_checkpoint
+from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.optim import WeightAverage
 from lm.runfiles import LockError, RunFiles, SavePathError, hold_lock
 
 
@@ -133,6 +136,80 @@ def claim_save_path(args, given, group):
     changes = merge_resume_args(args, given, saved,
                                 mid_epoch=ckpt.get('position') is not None)
     return files, ckpt, resume_path, changes
+
+
+def load_last_checkpoint(path):
+    """A last checkpoint, refused with advice when it is missing or a best one."""
+    ckpt = load_checkpoint(path, missing_hint='; there is no last checkpoint to continue from '
+                           '(start afresh with --overwrite, or resume another run with '
+                           '--resume PATH)')
+    if 'optimizer' not in ckpt:
+        raise CheckpointError(f'{path} holds a model only; resume from the ".last.pt" '
+                              'checkpoint written beside it')
+    return ckpt
+
+
+class Restored(NamedTuple):
+    first_epoch: int         # the epoch to run next (the stopped one, from `position`)
+    best_val: float
+    position: dict           # where in that epoch, or None to start it afresh
+    val_losses: list         # every finished epoch's validation loss
+    weight_average: object   # NT-ASGD's WeightAverage, or None before it started
+
+
+NOT_RESUMABLE = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
+
+
+def restore_training(ckpt, path, model, optimizer, scheduler, scaler, n_windows_of, batch_size):
+    """Load a last checkpoint's training state into the model, optimizer, scheduler and
+    scaler. `n_windows_of(epoch)` is the number of an epoch's training windows. A checkpoint
+    that loads but does not fit is refused (CheckpointError); the RNG states are restored
+    by lm.resume.restore_random_state."""
+    try:
+        model.load_state_dict(ckpt['model_state'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scheduler.load_state_dict(ckpt['scheduler'])
+        if scaler is not None and ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
+        epoch, best_val = int(ckpt['epoch']), float(ckpt['best_val_loss'])
+        position = ckpt['position']
+        if position is not None:
+            _check_position(position, n_windows_of(epoch), (model.num_layers, batch_size,
+                                                            model.hidden_size))
+        _check_optimizer_state(optimizer)
+        val_losses = [float(v) for v in ckpt.get('val_losses', [])]
+        weight_average = None
+        if ckpt.get('weight_average') is not None:
+            weight_average = WeightAverage(model)
+            weight_average.load_state_dict(ckpt['weight_average'])
+    except NOT_RESUMABLE as e:
+        raise damaged(path, e) from None
+    first_epoch = epoch + (1 if position is None else 0)
+    return Restored(first_epoch, best_val, position, val_losses, weight_average)
+
+
+def _check_position(position, n_windows, hidden_shape):
+    ok = (0 < int(position['window']) < n_windows
+          and tuple(position['losses'].shape) == (n_windows,)
+          and len(position['hidden']) == 2
+          and all(tuple(h.shape) == hidden_shape for h in position['hidden'])
+          and float(position['seconds']) >= 0)
+    if not ok:
+        raise ValueError('its position in the epoch does not fit this model and data')
+
+
+def _check_optimizer_state(optimizer):
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            for value in optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError('its optimizer state does not fit the model')
+
+
+def damaged(path, error):
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
+                           'another last checkpoint, or start afresh with --overwrite')
 
 
 def seed_process(seed, rank):

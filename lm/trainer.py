@@ -27,7 +27,6 @@ from lm.checkpoint import (
     load_checkpoint,
     load_weights,
     model_args,
-    restore_training,
     save_checkpoint,
 )
 from lm.device import mixed_precision
@@ -55,6 +54,7 @@ from lm.resume import (
     claim_save_path,
     merge_finetune_args,
     restore_random_state,
+    restore_training,
     resume_command,
     rng_state,
     seed_process,

@@ -1,4 +1,4 @@
-"""score.py --cache and --dynamic (adapt.py), through the real script on a tiny model."""
+"""score.py --cache and --dynamic (lm/adapt.py), through the real script on a tiny model."""
 import json
 import math
 import random

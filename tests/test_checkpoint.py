@@ -68,13 +68,16 @@ def test_hostile_checkpoint_never_runs_code(tmp_path, writer, trained):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'empty', 'foreign', 'csv', 'text'])
+@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'random pickle', 'empty', 'foreign',
+                                    'csv', 'text'])
 def test_files_that_are_not_checkpoints_are_called_so(tmp_path, trained, damage):
     good = Path(trained['checkpoint']).read_bytes()
     bad = tmp_path / 'bad.pt'
     if damage == 'truncated':
         bad.write_bytes(good[:len(good) // 2])
     elif damage == 'garbage':
+        bad.write_bytes(os.urandom(5000))
+    elif damage == 'random pickle':
         bad.write_bytes(b'\x80\x02' + os.urandom(3000))
     elif damage == 'empty':
         bad.write_bytes(b'')

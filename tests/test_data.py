@@ -1,9 +1,13 @@
 """data.py: reading a corpus, the vocabulary, the batch layout and the windows."""
+import os
+import shutil
+import subprocess
+
 import pytest
 import torch
 
 import data
-from conftest import list_reader, write_corpus
+from conftest import ROOT, list_reader, write_corpus
 
 
 def test_vocabulary_is_specials_then_training_words_in_first_seen_order(tmp_path):
@@ -132,3 +136,16 @@ def test_data_dir_that_is_a_file_is_named_as_such(tmp_path):
     (tmp_path / 'train.txt').write_text('a\n')
     with pytest.raises(data.DataError, match='is a file'):
         data.load_corpus(tmp_path / 'train.txt')
+
+
+def test_getdata_names_a_folder_as_an_offline_source_when_the_download_fails(tmp_path):
+    shutil.copy(ROOT / 'getdata.sh', tmp_path / 'getdata.sh')
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'curl').write_text('#!/bin/sh\nexit 6\n')
+    (bin_dir / 'curl').chmod(0o755)
+    env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}')
+    proc = subprocess.run(['bash', str(tmp_path / 'getdata.sh')], capture_output=True,
+                          text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert 'FOLDER' in proc.stderr and 'simple-examples.tgz' in proc.stderr

@@ -52,7 +52,7 @@ def test_a_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path, trained, stopp
     assert csv_epochs(tmp_path / 'model.csv') == ['1', '2', '3']
 
 
-def test_a_stopped_run_says_how_to_resume_and_writes_no_csv_before_its_first_epoch(stopped_run):
+def test_the_csv_is_created_with_its_first_row(stopped_run):
     assert (stopped_run / 'model.last.pt').exists() and not (stopped_run / 'model.csv').exists()
 
 
