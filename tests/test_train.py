@@ -5,7 +5,6 @@ import os
 import re
 import stat
 
-import pytest
 import torch
 
 from conftest import PATTERN, TINY, copy_run, pattern_corpus, run_main, train, write_corpus
