@@ -183,12 +183,6 @@ def names(**rule):
     return tuple(f.name for f in FLAGS if all(getattr(f, k) == v for k, v in rule.items()))
 
 
-def before_the_flag():
-    """{flag: value} for the flags added after checkpoints existed: a checkpoint without one
-    is read as having this value."""
-    return {f.name: f.before for f in FLAGS if f.before is not NOT_SET}
-
-
 def build_parser():
     parser = argparse.ArgumentParser(description='LSTM Language Model on Penn Treebank',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -54,6 +54,13 @@ LAYOUT = flags.names(resume='layout')
 CHANGEABLE_ON_RESUME = flags.names(resume='changeable')
 IGNORED_ON_RESUME = flags.names(resume='ignored')
 FROM_THE_MODEL = flags.names(from_model=True)
+# Flags added after checkpoints existed: a checkpoint without one is read as having this value.
+BEFORE_THE_FLAG = {f.name: f.before for f in flags.FLAGS if f.before is not flags.NOT_SET}
+
+
+def saved_flags(ckpt):
+    """The flags a checkpoint was made with, those it predates at their earlier values."""
+    return {**BEFORE_THE_FLAG, **(ckpt.get('args') or {})}
 
 
 def flag_syntax(name, value):
@@ -89,7 +96,7 @@ def merge_resume_args(args, given, saved, mid_epoch, source='the run being resum
 def merge_finetune_args(args, given, ckpt, path):
     """Settle `args` for --finetune, as for a resume but over the model's own flags alone
     (FROM_THE_MODEL): the optimizer, its schedule, --lr and --epochs are this command's."""
-    saved = {**flags.before_the_flag(), **(ckpt.get('args') or {})}
+    saved = saved_flags(ckpt)
     return merge_resume_args(args, given, {n: saved[n] for n in FROM_THE_MODEL if n in saved},
                              mid_epoch=False, source=f'the model in {path}')
 
@@ -132,8 +139,7 @@ def claim_save_path(args, given, group):
         return files, None, None, []
     resume_path = args.resume or files.last
     ckpt = load_last_checkpoint(resume_path)
-    saved = {**flags.before_the_flag(), **(ckpt.get('args') or {})}
-    changes = merge_resume_args(args, given, saved,
+    changes = merge_resume_args(args, given, saved_flags(ckpt),
                                 mid_epoch=ckpt.get('position') is not None)
     return files, ckpt, resume_path, changes
 

@@ -192,9 +192,10 @@ def resume(run, ckpt, path, given):
     position and random state, with the flags of run.changes applied from the next window."""
     args, saved = run.args, ckpt.get('args') or {}
     for name in IGNORED_ON_RESUME:  # --seed: --variable_bptt draws each epoch's windows from it
-        if name in given and getattr(args, name) != saved.get(name, getattr(args, name)):
+        kept = saved.get(name, getattr(args, name))
+        if name in given and getattr(args, name) != kept:
             warn(f'--{name} is ignored on resume: the random state continues from the checkpoint')
-        setattr(args, name, saved.get(name, getattr(args, name)))
+        setattr(args, name, kept)
     restored = restore_training(
         ckpt, path, run.model, run.optimizer, run.scheduler, run.stepping.scaler,
         lambda epoch: len(epoch_windows(args, run.streams['train'], epoch)), args.batch_size)
