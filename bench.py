@@ -4,7 +4,7 @@ memory.
     python bench.py                        # the reference model (2x650 tied, batch 20, seq 30)
     python bench.py --embed_size 200 --hidden_size 200 --windows 50 --json bench.json
     python bench.py --compare_example      # also time the word_language_model example's loop
-    python bench.py --amp                  # each loop in float32 and under --amp, taking turns
+    python bench.py --amp                  # each loop in float32 and bfloat16, and --amp's choice
     python bench.py --recipe regularized   # the model and loss of demo_tie.py's recipe
     python bench.py --read_corpus DIR      # time reading a corpus folder, and its peak memory
 
@@ -31,7 +31,15 @@ import data
 from generate import sample
 from lm import flags
 from lm.checkpoint import model_args
-from lm.device import apply_threads, keep_freed_memory, mixed_precision, pick_device
+from lm.device import (
+    amp_needs_measuring,
+    apply_threads,
+    bfloat16_speedup,
+    keep_freed_memory,
+    matrix_shapes,
+    mixed_precision,
+    pick_device,
+)
 from lm.flags import non_negative_int, positive_int
 from lm.loop import Stepping, evaluate, train_epoch
 from lm.optim import make_optimizer
@@ -151,9 +159,6 @@ def build_parser():
 def loops_to_time(args, device):
     """(config line, {kind: ({name: fn}, amount per call, unit)}): the trainer's, evaluator's
     and generator's own functions on the benchmark model, under --amp too when asked."""
-    amp_dtype, amp_scaler, warning = mixed_precision(device, args.amp)
-    if warning:
-        print(f'warning: {warning}; no --amp rows', file=sys.stderr)
     seed_everything(0)
     keep_freed_memory()  # as demo_tie.py does
     steps = args.windows * args.seq_length + 1
@@ -162,6 +167,16 @@ def loops_to_time(args, device):
     windows = (data.variable_windows(batched, args.seq_length, random.Random(0))
                if args.variable_bptt else data.fixed_windows(batched, args.seq_length))
     model = LSTMLanguageModel(**model_args(args, vocab_size)).to(device)
+    # The trainer's --amp decision on this model's products, printed; on a CPU that has
+    # bfloat16, its rows are timed whatever it decided: they are the figures behind it.
+    speedup = (bfloat16_speedup(matrix_shapes(model, args.batch_size * args.seq_length))
+               if amp_needs_measuring(device, args.amp) else None)
+    amp_dtype, amp_scaler, line = mixed_precision(device, args.amp, speedup=speedup)
+    if line:
+        print(line if amp_dtype or speedup is not None else f'{line}; no --amp rows',
+              file=sys.stderr)
+    if speedup is not None:
+        amp_dtype = torch.bfloat16
     stepping = Stepping(make_optimizer(model, 1e-3, 1e-5), clip=5.0, alpha=args.alpha,
                         beta=args.beta)
     tokens = batched.size(0) * (batched.size(1) - 1)
@@ -189,7 +204,8 @@ def loops_to_time(args, device):
                  args.gen_words, 'words/s')}
     config = (f'{args.num_layers}x{args.hidden_size} {"tied" if args.tied else "untied"}, embed '
               f'{args.embed_size}, batch {args.batch_size}, seq {args.seq_length}, vocab '
-              f'{vocab_size} ({source}), {args.windows} windows a repeat, recipe {args.recipe}')
+              f'{vocab_size} ({source}), {args.windows} windows a repeat, recipe {args.recipe}'
+              + (f', bfloat16 products {speedup:.2f}x float32' if speedup is not None else ''))
     return config, loops
 
 

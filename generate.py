@@ -143,11 +143,10 @@ def main(argv=None):
     quiet_on_closed_pipe()
     parser = build_parser()
     args = parser.parse_args(argv)
-    device, autocast_dtype = apply_device_flags(parser, args, 'cuda' if args.cuda else None)
-    if autocast_dtype is not None and device.type == 'cpu':
-        print('warning: --amp: generation feeds one word at a time, where bfloat16 autocast '
-              'on a CPU is slower than float32; generating in float32', file=sys.stderr)
-        autocast_dtype = None
+    device, autocast_dtype = apply_device_flags(
+        parser, args, 'cuda' if args.cuda else None, cpu_amp_refusal=(
+            'generation feeds one word at a time, where bfloat16 autocast on a CPU is slower '
+            'than float32'))
     try:
         ckpt = load_checkpoint(args.checkpoint, missing_hint=TRAIN_FIRST)
         model = build_model(ckpt, device)

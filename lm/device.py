@@ -1,11 +1,13 @@
 """Which device a script runs on, with how many CPU threads, in which precision: the meaning of
 --device, --threads and --amp, shared by the trainer, the generator, the scorer and the bench.
 """
+import collections
 import ctypes
 import os
 import platform
 import signal
 import sys
+import time
 
 import torch
 
@@ -44,10 +46,72 @@ def cpu_has_native_bfloat16():
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # PyTorch before 2.9
 
 
-def mixed_precision(device, requested):
-    """What --amp means on `device`: (autocast dtype or None, GradScaler or None, warning or
-    None). Weights, gradients and optimizer state stay float32 in every case; only the
-    matrix products run in the lower precision."""
+def matrix_shapes(model, rows):
+    """The (m, k, n) of each matrix product of a training window of `rows` token positions
+    through `model`: every Linear and LSTM weight's forward product and its two backward ones."""
+    weights = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            weights.append(module.weight.shape)
+        elif isinstance(module, torch.nn.LSTM):
+            weights += [p.shape for name, p in module.named_parameters()
+                        if name.startswith('weight_')]
+    return [shape for out, inner in weights
+            for shape in ((rows, inner, out), (rows, out, inner), (out, rows, inner))]
+
+
+# The reference model's (2x650, vocabulary 10002, batch 20 x 30 steps), for the scripts that
+# decide before they load a model.
+REFERENCE_SHAPES = [shape for out, inner in [(2600, 650)] * 4 + [(10002, 650)]
+                    for shape in ((600, inner, out), (600, out, inner), (out, 600, inner))]
+
+
+def bfloat16_speedup(shapes, seconds=0.1, max_rows=256):
+    """How many times faster this CPU computes the products `shapes` in bfloat16 than in
+    float32. Each distinct shape is timed both ways in turns, on at most `max_rows` of its
+    rows (the time scaled up to all of them, and by how often it occurs), at least twice and
+    for about `seconds`; the best round of each precision is kept."""
+    counts = collections.Counter(shapes)
+    weights = [count * m / min(m, max_rows) for (m, _, _), count in counts.items()]
+    operands = {dtype: [(torch.full((min(m, max_rows), k), 0.5, dtype=dtype),
+                         torch.full((k, n), 0.5, dtype=dtype)) for m, k, n in counts]
+                for dtype in (torch.float32, torch.bfloat16)}
+    best = dict.fromkeys(operands, float('inf'))
+    deadline, rounds = time.perf_counter() + seconds, 0
+    while rounds < 2 or time.perf_counter() < deadline:
+        for dtype, pairs in operands.items():
+            took = 0.0
+            for (a, b), weight in zip(pairs, weights):
+                start = time.perf_counter()
+                torch.mm(a, b)
+                took += weight * (time.perf_counter() - start)
+            best[dtype] = min(best[dtype], took)
+        rounds += 1
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def cpu_autocast(speedup):
+    """--amp on a CPU with native bfloat16, given bfloat16's measured speed-up over float32
+    on the model's products: (bfloat16 or None, the line that says which and why). AVX-512
+    BF16 without AMX is such a CPU where bfloat16 products are slower, and only a
+    measurement tells it from one where they are faster."""
+    if speedup > 1.0:
+        return torch.bfloat16, (f'--amp: bfloat16 autocast (this model\'s matrix products ran '
+                                f'{speedup:.2f}x as fast as in float32 on this CPU)')
+    return None, (f'--amp: this model\'s matrix products ran {speedup:.2f}x as fast in bfloat16 '
+                  'as in float32 on this CPU, so it gains nothing; running in float32')
+
+
+def amp_needs_measuring(device, requested):
+    """True where --amp's choice depends on bfloat16_speedup: a CPU with native bfloat16."""
+    return bool(requested) and device.type == 'cpu' and cpu_has_native_bfloat16()
+
+
+def mixed_precision(device, requested, shapes=REFERENCE_SHAPES, speedup=None):
+    """What --amp means on `device`: (autocast dtype or None, GradScaler or None, a line to
+    print or None). Weights, gradients and optimizer state stay float32 in every case; only
+    the matrix products run in the lower precision. On a CPU, bfloat16 only where it
+    measures faster than float32 on `shapes` (`speedup`, measured when not given)."""
     if not requested:
         return None, None, None
     if device.type == 'cuda':
@@ -55,26 +119,31 @@ def mixed_precision(device, requested):
             return torch.bfloat16, None, None
         return torch.float16, torch.amp.GradScaler('cuda'), None  # float16 needs loss scaling
     if device.type == 'cpu':
-        if cpu_has_native_bfloat16():
-            return torch.bfloat16, None, None
-        return None, None, ('--amp: this CPU has no native bfloat16 instructions (AVX-512 BF16 '
-                            'or AMX), and emulated bfloat16 is slower than float32; running '
-                            'in float32')
-    return None, None, (f'--amp works on CUDA and on CPUs with bfloat16; running in float32 '
-                        f'on {device}')
+        if not amp_needs_measuring(device, requested):
+            return None, None, ('warning: --amp: this CPU has no native bfloat16 instructions '
+                                '(AVX-512 BF16 or AMX), and emulated bfloat16 is slower than '
+                                'float32; running in float32')
+        dtype, line = cpu_autocast(bfloat16_speedup(shapes) if speedup is None else speedup)
+        return dtype, None, line if dtype is not None else f'warning: {line}'
+    return None, None, (f'warning: --amp works on CUDA and on CPUs with bfloat16; running in '
+                        f'float32 on {device}')
 
 
-def apply_device_flags(parser, args, device_name=None):
+def apply_device_flags(parser, args, device_name=None, cpu_amp_refusal=None):
     """What --device, --threads and --amp say for a script that runs a trained model
-    (generate.py, score.py): returns (device, autocast dtype or None)."""
+    (generate.py, score.py): returns (device, autocast dtype or None). `cpu_amp_refusal`, if
+    given, is why --amp stays off on a CPU for this script: it is printed instead."""
     try:
         device = pick_device(device_name or args.device)
     except ValueError as e:
         parser.error(str(e))
     apply_threads(args.threads)
-    autocast_dtype, _, warning = mixed_precision(device, args.amp)
-    if warning:
-        print(f'warning: {warning}', file=sys.stderr)
+    if args.amp and device.type == 'cpu' and cpu_amp_refusal:
+        print(f'warning: --amp: {cpu_amp_refusal}; running in float32', file=sys.stderr)
+        return device, None
+    autocast_dtype, _, line = mixed_precision(device, args.amp)
+    if line:
+        print(line, file=sys.stderr)
     return device, autocast_dtype
 
 

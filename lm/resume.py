@@ -138,17 +138,26 @@ def claim_save_path(args, given, group):
     if args.resume is None:
         return files, None, None, []
     resume_path = args.resume or files.last
-    ckpt = load_last_checkpoint(resume_path)
+    ckpt = load_last_checkpoint(resume_path, nothing_to_resume_hint(files, resume_path))
     changes = merge_resume_args(args, given, saved_flags(ckpt),
                                 mid_epoch=ckpt.get('position') is not None)
     return files, ckpt, resume_path, changes
 
 
-def load_last_checkpoint(path):
+def nothing_to_resume_hint(files, resume_path):
+    """What to do when --resume finds no last checkpoint, as the files at --save_path allow:
+    --overwrite only where an earlier run left files to delete."""
+    if os.path.abspath(resume_path) != os.path.abspath(files.last):
+        return ' (a run\'s last checkpoint is the ".last.pt" file beside its --save_path)'
+    if files.existing():
+        return f'; {earlier_run_message(files)}'
+    return (f'; nothing is there to resume: no run has saved at --save_path {files.best} yet. '
+            'Start one with the same command without --resume')
+
+
+def load_last_checkpoint(path, missing_hint=''):
     """A last checkpoint, refused with advice when it is missing or a best one."""
-    ckpt = load_checkpoint(path, missing_hint='; there is no last checkpoint to continue from '
-                           '(start afresh with --overwrite, or resume another run with '
-                           '--resume PATH)')
+    ckpt = load_checkpoint(path, missing_hint=missing_hint)
     if 'optimizer' not in ckpt:
         raise CheckpointError(f'{path} holds a model only; resume from the ".last.pt" '
                               'checkpoint written beside it')

@@ -29,7 +29,7 @@ from lm.checkpoint import (
     model_args,
     save_checkpoint,
 )
-from lm.device import mixed_precision
+from lm.device import amp_needs_measuring, bfloat16_speedup, matrix_shapes, mixed_precision
 from lm.loop import (
     EpochStart,
     NonFiniteLoss,
@@ -71,9 +71,13 @@ class RunError(Exception):
 SPEAKS = True  # False in every process but the first under torchrun
 
 
-def warn(message):
+def say(line):
     if SPEAKS:
-        print(f'warning: {message}', file=sys.stderr, flush=True)
+        print(line, file=sys.stderr, flush=True)
+
+
+def warn(message):
+    say(f'warning: {message}')
 
 
 def bar(**kw):
@@ -135,7 +139,7 @@ def start_run(args, given, device, group, stop):
     optimizer = make_optimizer(model, args.lr, args.weight_decay, args.optimizer)
     scheduler = make_scheduler(optimizer, args.lr_factor, args.lr_patience)
     forward, autocast_dtype, scaler = speedups(args, model, group.wrap(model), device,
-                                               streams['train'].size(0))
+                                               streams['train'].size(0), group)
     stepping = Stepping(optimizer, args.clip, forward, autocast_dtype, scaler, args.alpha,
                         args.beta, average_losses=group.mean if group.world_size > 1 else None)
     run = Run(args, group, files, corpus, streams, model, scheduler, stepping,
@@ -165,13 +169,18 @@ def read_data(args, files, group, ckpt, resume_path, source):
     return corpus
 
 
-def speedups(args, model, forward, device, rows):
-    """(forward, autocast dtype, GradScaler) for --amp and --compile, with a warning where
-    one is unsupported and the default path instead. `forward` is the model, or its
+def speedups(args, model, forward, device, rows, group):
+    """(forward, autocast dtype, GradScaler) for --amp and --compile, with the line that
+    says what --amp chose, and a warning where one is unsupported and the default path
+    instead. `forward` is the model, or its
     DistributedDataParallel wrapper; `rows` this process's batch rows."""
-    dtype, scaler, warning = mixed_precision(device, args.amp)
-    if warning:
-        warn(warning)
+    speedup = None
+    if amp_needs_measuring(device, args.amp) and group.is_main:
+        speedup = bfloat16_speedup(matrix_shapes(model, rows * args.seq_length))
+    speedup = group.gather_objects(speedup)[0]  # the first process decides for all
+    dtype, scaler, line = mixed_precision(device, args.amp, speedup=speedup)
+    if line:
+        say(line)
     if args.compile:
         eager = forward
         try:
@@ -389,14 +398,11 @@ def stopped_status(run):
     end here (the status); after Ctrl-C the best model is still tested (None)."""
     signum = run.stop.signum or signal.SIGTERM  # another process's signal stops this one too
     if run.group.is_main:
-        print(f'Training stopped by {signal.Signals(signum).name}.', file=sys.stderr, end=' ')
+        # Once, on standard output: the run's record, which a log of the run keeps.
         resumable = run.files.last if run.wrote_last else run.resumed_from
-        if resumable is not None:
-            print(f'Resume with:\n  {resume_command(resumable)}', file=sys.stderr, flush=True)
-            print(f'Resume with: {resume_command(resumable)}', flush=True)  # for logs of stdout
-        else:
-            print('No epoch had started, so there is nothing to resume.', file=sys.stderr,
-                  flush=True)
+        advice = (f'Resume with: {resume_command(resumable)}' if resumable is not None
+                  else 'No epoch had started, so there is nothing to resume.')
+        print(f'Training stopped by {signal.Signals(signum).name}. {advice}', flush=True)
     if signum != signal.SIGINT or math.isinf(run.best_val):
         return 128 + signum
     return None

@@ -14,8 +14,9 @@ def test_bench_prints_its_table_and_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     amp_rows = {'train (bfloat16 autocast)', 'evaluate (bfloat16 autocast)',
                 'generate (bfloat16 autocast)'}
-    if cpu_has_native_bfloat16():
+    if cpu_has_native_bfloat16():  # timed whatever --amp chose: the figures behind it
         assert all(row in proc.stdout for row in amp_rows)
+        assert 'bfloat16 products' in proc.stdout and '--amp: ' in proc.stderr
     else:
         assert 'no native bfloat16' in proc.stderr and 'autocast' not in proc.stdout
         amp_rows = set()

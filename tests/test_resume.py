@@ -180,8 +180,19 @@ def test_a_fresh_start_without_a_last_checkpoint_does_not_offer_resume(tmp_path,
     resumed = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
                        tmp_path / 'model.pt', '--resume')
     assert resumed.returncode == 1
-    assert 'no last checkpoint to continue from' in resumed.stderr
-    assert '--overwrite' in resumed.stderr
+    assert 'left no last checkpoint' in resumed.stderr and '--overwrite' in resumed.stderr
+
+
+def test_resume_where_no_run_has_saved_says_so_and_how_to_start(tmp_path):
+    """Nothing at --save_path: no --overwrite advice (there is nothing to overwrite)."""
+    pattern_corpus(tmp_path / 'corpus')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
+                    tmp_path / 'model.pt', '--resume')
+    assert proc.returncode == 1 and proc.stderr.count('\n') == 1, proc.stderr
+    assert 'nothing is there to resume' in proc.stderr
+    assert 'the same command without --resume' in proc.stderr
+    assert '--overwrite' not in proc.stderr
+    assert not (tmp_path / 'model.pt').exists()
 
 
 def test_ctrl_c_before_any_epoch_ends_saves_and_exits_130_with_the_resume_hint(tmp_path):
@@ -189,7 +200,7 @@ def test_ctrl_c_before_any_epoch_ends_saves_and_exits_130_with_the_resume_hint(t
         signal.SIGINT))
     assert proc.returncode == 130, proc.stderr
     assert 'no epoch finished' not in proc.stderr and 'Test Loss' not in proc.stdout
-    assert 'Resume with' in proc.stderr  # the position in epoch 1 was saved
+    assert 'Resume with' in proc.stdout  # the position in epoch 1 was saved
     assert torch.load(tmp_path / 'model.last.pt', weights_only=True)['position'] is not None
 
 
@@ -197,7 +208,7 @@ def test_ctrl_c_stops_training_and_still_tests_the_best_model(tmp_path):
     proc, _ = train(tmp_path, epochs=50, on_window=lambda e, k: (e, k) == (2, 10)
                     and signal.raise_signal(signal.SIGINT))
     assert proc.returncode == 0, proc.stderr
-    assert 'Training stopped by SIGINT' in proc.stderr
+    assert 'Training stopped by SIGINT' in proc.stdout
     assert 'Testing: \n' + '-' * 41 + '\nTest Loss: ' in proc.stdout
     last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
     assert last['epoch'] == 2 and last['position']['window'] == 12
