@@ -1,9 +1,16 @@
-"""The README and the docs pages: every relative link resolves, and the README stays one
-screen's worth of reading with the result and the Quick start at its top."""
+"""The README and the docs pages: every relative link resolves, the README stays one
+screen's worth of reading with the result and the Quick start at its top, and its commands
+run as written."""
+import io
+import random
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_main, write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
@@ -72,3 +79,66 @@ def test_the_documented_test_command_installs_what_the_tests_import():
     for package in ('pytest', 'pytest-xdist', 'matplotlib', 'ruff'):
         assert package in install.split()
     assert 'python -m pytest -q tests' in readme  # the one-core command
+
+
+def readme_commands(heading):
+    """The command lines of the first bash block under `heading` in the README."""
+    text = (ROOT / 'README.md').read_text(encoding='utf-8').split(f'\n{heading}\n')[1]
+    block = re.search(r'```bash\n(.*?)```', text, re.DOTALL)[1]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+# Lines that install (they need a network, and this environment has what they install).
+INSTALLS = ('python3 -m venv', 'pip install', 'bash getdata.sh')
+
+
+def run_readme_line(line, variables):
+    """One README command line, in this process: `python SCRIPT.py ...` through its main(),
+    fed by `echo` or followed by `tail -N` in a pipe, and `NAME=value` assignments."""
+    words = [re.sub(r'\$(\w+)', lambda m: variables[m[1]], w)
+             for w in shlex.split(line, comments=True)]
+    if len(words) == 1 and '=' in words[0]:
+        name, value = words[0].split('=', 1)
+        variables[name] = value
+        return None
+    stages = [[]]
+    for word in words:
+        stages[-1].append(word) if word != '|' else stages.append([])
+    stdin, proc = sys.stdin, None
+    for stage in stages:
+        if stage[0] == 'echo':
+            sys.stdin = io.TextIOWrapper(io.BytesIO((' '.join(stage[1:]) + '\n').encode()))
+        elif stage[0] == 'tail':
+            proc.stdout = ''.join(proc.stdout.splitlines(keepends=True)[-int(stage[1][1:]):])
+        else:
+            assert stage[:1] == ['python'] and stage[1].endswith('.py'), f'cannot run: {line}'
+            try:
+                proc = run_main(stage[1], *stage[2:])
+            finally:
+                sys.stdin = stdin
+    return proc
+
+
+def test_the_quick_start_and_the_generating_examples_run_as_written(tmp_path, monkeypatch):
+    """The README's Quick start, then its generating and scoring examples, in order, in a
+    folder whose data/penn holds a tiny corpus, as getdata.sh would leave PTB: each command
+    but the installs runs exactly as printed, and succeeds."""
+    rng = random.Random(0)
+    words = ['the', 'company', 'said', 'it', 'would', 'buy', 'stock', 'shares', 'of', 'a',
+             'new', 'plan', 'for', 'its', 'unit']
+    lines = [' '.join(rng.choice(words) for _ in range(rng.randint(4, 12))) for _ in range(300)]
+    write_corpus(tmp_path / 'data' / 'penn', '\n'.join(lines[:240]) + '\n',
+                 '\n'.join(lines[240:270]) + '\n', '\n'.join(lines[270:]) + '\n')
+    monkeypatch.chdir(tmp_path)
+    variables, ran = {}, []
+    for line in [*readme_commands('## Quick start'),
+                 *readme_commands('## Generating and scoring text')]:
+        if line.startswith(INSTALLS):
+            continue
+        proc = run_readme_line(line, variables)
+        if proc is not None:
+            assert proc.returncode == 0, f'{line}\n{proc.stderr}'
+            assert proc.stdout.strip(), line
+            ran.append(proc.args[0])
+    assert ran[:3] == ['demo_tie.py', 'generate.py', 'score.py'] and len(ran) >= 8
+    assert (tmp_path / 'runs' / 'tied_200.pt').exists()
