@@ -133,8 +133,8 @@ FLAGS = [
     Flag('eval_only', False, 'Only print the validation and test results of the checkpoint at '
          '--save_path', switch='store_true'),
     Flag('amp', False, 'Mixed precision: bfloat16 autocast on CUDA (float16 with loss scaling '
-         'where bfloat16 is missing) and on CPUs with native bfloat16 (AVX-512 BF16, AMX); '
-         'float32 weights', switch='store_true'),
+         'where bfloat16 is missing), and on CPUs where the model\'s matrix products measure '
+         'faster in bfloat16 at start-up; float32 weights', switch='store_true'),
     Flag('compile', False, 'torch.compile the model (first windows are slower while it '
          'compiles)', switch='store_true'),
     # The opt-in regularisers (AWD-LSTM's, Merity et al. 2017; lm.recipes names sets of them).
