@@ -30,7 +30,7 @@ class EpochResult(NamedTuple):
 
 
 def perplexity(loss):
-    return math.exp(loss) if loss < 700 else float('inf')
+    return float('inf') if loss >= 700 else math.exp(loss)  # NaN stays NaN
 
 
 def cross_entropy(logits, targets, reduction='mean'):

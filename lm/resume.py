@@ -253,17 +253,20 @@ def restore_random_state(ckpt, path, group, seed):
             'after the first start afresh, so the run is not bit-identical to an uninterrupted one')
 
 
-def resume_command(last_path, command_line=None):
+def resume_command(last_path, command_line=None, lr=None):
     """This run's command line (`command_line`, default sys.argv[1:]) with `--resume last_path`
     in place of any --resume, --overwrite or --finetune PATH it had: a stopped fine-tuning run
-    resumes like any other, and --resume refuses --finetune."""
+    resumes like any other, and --resume refuses --finetune. With `lr`, `--lr lr` replaces
+    the --lr it had."""
+    dropped = ('--resume', '--finetune') + (('--lr',) if lr is not None else ())
     argv, rest = [], iter(sys.argv[1:] if command_line is None else command_line)
     for arg in rest:
-        if arg in ('--resume', '--finetune'):
+        if arg in dropped:
             next_arg = next(rest, None)
             if arg == '--resume' and next_arg is not None and next_arg.startswith('-'):
                 argv.append(next_arg)  # --resume took no path: that was the next flag
-        elif not arg.startswith(('--resume=', '--finetune=')) and arg != '--overwrite':
+        elif not arg.startswith(tuple(f'{flag}=' for flag in dropped)) and arg != '--overwrite':
             argv.append(arg)
+    extra = ['--lr', f'{lr:g}'] if lr is not None else []
     return ' '.join(['python', 'demo_tie.py'] + [shlex.quote(a) for a in argv]
-                    + ['--resume', shlex.quote(last_path)])
+                    + ['--resume', shlex.quote(last_path)] + extra)

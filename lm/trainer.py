@@ -271,10 +271,8 @@ def train_one_epoch(run, epoch, on_window=None):
                                  lr_factors, lambda: group.stop_agreed(run.stop.signum is not None),
                                  show)
         except NonFiniteLoss as e:
-            raise RunError(
-                f'the training loss became NaN or infinite in epoch {epoch}, window {e.window} '
-                f'of {len(windows)}; try a lower --lr (now {args.lr}) or --clip (now '
-                f'{args.clip}). {run.files.best} is unchanged.') from None
+            raise RunError(f'the training loss became NaN or infinite in epoch {epoch}, window '
+                           f'{e.window} of {len(windows)}. {after_divergence(run)}') from None
     return EpochRun(result, windows, started, time.time() - started)
 
 
@@ -284,8 +282,22 @@ def averaged(run):
     return average.in_use(run.model) if average is not None else contextlib.nullcontext()
 
 
+def after_divergence(run):
+    """What is on disk after a divergence, and the command that goes on from it."""
+    args = run.args
+    last = run.files.last if run.wrote_last else run.resumed_from
+    if last is None:
+        return (f'Nothing was saved; start again with a lower --lr (now {args.lr:g}) or '
+                f'--clip (now {args.clip:g}).')
+    return (f'The files on disk are unchanged; resume from the last checkpoint with a lower '
+            f'--lr (now {args.lr:g}), or --clip (now {args.clip:g}): '
+            f'{resume_command(last, lr=args.lr / 2)}')
+
+
 def validate(run):
-    """(loss, loss without <sos>) on the validation split, of NT-ASGD's mean once there is one."""
+    """(loss, loss without <sos>) on the validation split, of NT-ASGD's mean once there is
+    one. Weights or a validation loss that are not finite end the run (RunError) before
+    anything of the epoch is saved."""
     valid = run.streams['valid']
     with bar(total=len(data.window_starts(valid, run.args.seq_length)), desc='Validation',
              leave=False) as progress, averaged(run):
@@ -293,6 +305,10 @@ def validate(run):
             run.model, valid, run.args.seq_length, forward=run.evaluator,
             autocast_dtype=run.stepping.autocast_dtype, add_across=run.group.sum,
             on_window=lambda k: progress.update())
+    if not math.isfinite(run.val_loss) or not all(
+            torch.isfinite(p).all() for p in run.model.parameters()):
+        raise RunError(f'the model diverged: its validation loss is {run.val_loss} at the end '
+                       f'of this epoch. {after_divergence(run)}')
     return run.val_loss, val_no_sos
 
 

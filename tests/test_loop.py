@@ -2,6 +2,7 @@
 run them."""
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 import data
 from bench import example_train
 from lm.device import cpu_has_native_bfloat16
-from lm.loop import Stepping, activation_penalty, evaluate, train_epoch
+from lm.loop import Stepping, activation_penalty, evaluate, perplexity, train_epoch
 from lm.optim import WeightAverage, make_optimizer, window_lr_factors
 from lm.resume import seed_everything
 from model import LSTMLanguageModel
@@ -159,3 +160,9 @@ def test_loss_without_sos_leaves_out_exactly_the_sos_targets():
     keep = batched[:, 1:].reshape(-1) != data.SOS
     assert loss_all == pytest.approx(nll.mean().item(), rel=1e-5)
     assert loss_no_sos == pytest.approx(nll[keep].mean().item(), rel=1e-5)
+
+
+def test_perplexity_is_infinite_past_overflow_and_nan_stays_nan():
+    assert perplexity(math.log(120.0)) == pytest.approx(120.0)
+    assert perplexity(800.0) == float('inf')
+    assert math.isnan(perplexity(float('nan')))  # a NaN loss is never shown as inf

@@ -7,7 +7,16 @@ import stat
 
 import torch
 
-from conftest import PATTERN, TINY, copy_run, pattern_corpus, run_main, train, write_corpus
+from conftest import (
+    PATTERN,
+    TINY,
+    copy_run,
+    pattern_corpus,
+    run_main,
+    snapshot,
+    train,
+    write_corpus,
+)
 from lm.device import cpu_has_native_bfloat16
 
 
@@ -85,9 +94,32 @@ def test_nan_loss_stops_with_advice_and_leaves_the_best_checkpoint_alone(tmp_pat
     before = save.read_bytes()
     proc, _ = train(tmp_path, '--resume', '--lr', '1e30', '--clip', '1e30', epochs=2)
     assert proc.returncode == 1
-    assert re.search(r'NaN or infinite in epoch 2, window \d+ of \d+; try a lower --lr',
-                     proc.stderr)
+    assert re.search(r'NaN or infinite in epoch 2, window \d+ of \d+\. The files on disk are '
+                     r'unchanged; resume from the last checkpoint with a lower --lr', proc.stderr)
     assert save.read_bytes() == before
+
+
+def test_a_divergence_in_the_last_step_of_an_epoch_keeps_the_last_good_checkpoint(tmp_path):
+    """One window an epoch (36 tokens): the step after it turns the weights infinite, and no
+    training loss sees it; validation is NaN. The run stops before anything of the epoch is
+    saved (no NaN row, no NaN checkpoint) and prints the command that goes on with another
+    --lr."""
+    corpus = write_corpus(tmp_path / 'corpus', (PATTERN + '\n') * 3 + 'one two three four\n')
+    first, _ = train(tmp_path, epochs=1, corpus=corpus)
+    assert first.returncode == 0, first.stderr
+    files = snapshot(tmp_path)
+    diverged, _ = train(tmp_path, '--resume', '--lr', '1e38', epochs=2, corpus=corpus)
+    assert diverged.returncode == 1, diverged.stderr
+    assert 'Traceback' not in diverged.stderr and 'inf' not in diverged.stdout
+    assert 'the model diverged: its validation loss is nan' in diverged.stderr
+    assert snapshot(tmp_path) == files  # the epoch-1 checkpoints and CSV, untouched
+    command = diverged.stderr.split(': python demo_tie.py ')[1].split()
+    assert command[-4:] == ['--resume', str(tmp_path / 'model.last.pt'), '--lr', '5e+37']
+    # in this process the command line is empty: the flags given above are added back
+    resumed = run_main('demo_tie.py', '--data_dir', corpus, '--epochs', 2, *command[:-2],
+                       '--lr', '0.01')
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'Epoch: 2,' in resumed.stdout
 
 
 def fails(proc, message):
