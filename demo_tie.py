@@ -59,7 +59,7 @@ def train(args, given, device, stop, group, on_window=None):
                 stopped = True
                 break
             val_loss, val_no_sos = trainer.validate(run)
-            elapsed = time.time() - done.started
+            elapsed = time.monotonic() - done.started
             print(f'Epoch: {epoch}, Validation Loss: {val_loss:.4f}, Validation Perplexity: '
                   f'{perplexity(val_loss):.4f}, Time: {int(elapsed // 60)}m {int(elapsed % 60)}s')
             print(f'Validation Loss without <sos>: {val_no_sos:.4f}, Validation Perplexity '

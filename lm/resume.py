@@ -207,8 +207,7 @@ def _check_position(position, n_windows, hidden_shape):
     ok = (0 < int(position['window']) < n_windows
           and tuple(position['losses'].shape) == (n_windows,)
           and len(position['hidden']) == 2
-          and all(tuple(h.shape) == hidden_shape for h in position['hidden'])
-          and float(position['seconds']) >= 0)
+          and all(tuple(h.shape) == hidden_shape for h in position['hidden']))
     if not ok:
         raise ValueError('its position in the epoch does not fit this model and data')
 

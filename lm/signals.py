@@ -6,12 +6,17 @@ import os
 import signal
 import sys
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ('SIGINT', 'SIGTERM', 'SIGHUP')
-                     if hasattr(signal, name))  # no SIGHUP on Windows
+# Ctrl-C, a scheduler's or the system's stop, a closed terminal, and the warnings that batch
+# schedulers send before a job's time runs out (Slurm's --signal, SGE's -notify). SIGQUIT
+# (Ctrl-backslash) keeps its meaning, quit at once: like SIGKILL, it loses only the epoch in
+# progress.
+STOP_SIGNALS = tuple(getattr(signal, name)
+                     for name in ('SIGINT', 'SIGTERM', 'SIGHUP', 'SIGUSR1', 'SIGUSR2')
+                     if hasattr(signal, name))  # Windows has SIGINT and SIGTERM only
 
 
 class StopRequest:
-    """The handler of SIGINT, SIGTERM and SIGHUP (a closed terminal).
+    """The handler of STOP_SIGNALS.
 
     While the run starts up (reading data, building the model) and during the final test
     (`immediate`) there is nothing to save: a signal ends the process at once with 128 + its

@@ -234,12 +234,23 @@ def epoch_windows(args, train_data, epoch):
 class EpochRun:
     result: object        # lm.loop.EpochResult
     windows: list         # the epoch's (start, length) windows
-    started: float        # time.time() when the epoch began, counting time before a resume
+    started: float        # time.monotonic() when the epoch began, less its time before a resume
     train_seconds: float  # training time, validation left out
 
     @property
     def finished(self):
         return self.result.next_window == len(self.windows)
+
+
+def elapsed_before(position):
+    """The seconds an epoch had run before it was stopped: only shown and logged, so a value
+    that makes no sense (an older version's wall clock stepped back) counts as 0, never as
+    a reason to refuse the resume."""
+    try:
+        seconds = float(position.get('seconds', 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds >= 0 else 0.0
 
 
 def train_one_epoch(run, epoch, on_window=None):
@@ -255,8 +266,8 @@ def train_one_epoch(run, epoch, on_window=None):
         p, device = run.position, run.streams['train'].device
         hidden = tuple(group.rows(h, dim=1).contiguous().to(device) for h in p['hidden'])
         start = EpochStart(p['window'], hidden, p['losses'].to(device))
-        seconds, run.position = p['seconds'], None
-    started = time.time() - seconds
+        seconds, run.position = elapsed_before(p), None
+    started = time.monotonic() - seconds
     with bar(total=len(windows), initial=start.window, desc=f'Epoch {epoch}', leave=False,
              dynamic_ncols=True) as progress:
         def show(k, running_loss):
@@ -273,7 +284,7 @@ def train_one_epoch(run, epoch, on_window=None):
         except NonFiniteLoss as e:
             raise RunError(f'the training loss became NaN or infinite in epoch {epoch}, window '
                            f'{e.window} of {len(windows)}. {after_divergence(run)}') from None
-    return EpochRun(result, windows, started, time.time() - started)
+    return EpochRun(result, windows, started, time.monotonic() - started)
 
 
 def averaged(run):
@@ -391,7 +402,7 @@ def save_stopped_epoch(run, epoch, done):
     result = done.result
     save_last(run, epoch, done, {'window': result.next_window, 'losses': result.losses,
                                  'hidden': detach_hidden(result.hidden),
-                                 'seconds': time.time() - done.started})
+                                 'seconds': time.monotonic() - done.started})
 
 
 @contextlib.contextmanager

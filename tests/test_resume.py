@@ -37,11 +37,17 @@ def test_resuming_after_an_epoch_matches_the_uninterrupted_run_bit_for_bit(tmp_p
     assert csv_epochs(tmp_path / 'model.csv') == ['1', '2', '3']  # appended, not duplicated
 
 
-def test_a_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path, trained, stopped_run):
-    """stopped_run: the trained fixture's settings, stopped by SIGTERM in epoch 1."""
+@pytest.mark.parametrize('seconds', [None, -3597.0])
+def test_a_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path, trained, stopped_run, seconds):
+    """stopped_run: the trained fixture's settings, stopped by SIGTERM in epoch 1. The time
+    the epoch had run is only shown: a negative one (an older version's wall clock stepped
+    back an hour) resumes all the same."""
     copy_run(stopped_run, tmp_path)
     last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
     assert last['epoch'] == 1 and last['position']['window'] == 42
+    if seconds is not None:
+        last['position']['seconds'] = seconds
+        torch.save(last, tmp_path / 'model.last.pt')
     resumed = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
                        tmp_path / 'model.pt', '--resume')
     assert resumed.returncode == 0, resumed.stderr

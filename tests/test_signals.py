@@ -15,6 +15,8 @@ from conftest import (
     pattern_corpus,
     printed_test_lines,
     run_main,
+    signal_at,
+    train,
     trainer_process,
     wait_for,
     write_corpus,
@@ -40,6 +42,17 @@ def test_sigterm_saves_a_last_checkpoint_and_the_printed_command_resumes(tmp_pat
     resumed = run_main('demo_tie.py', *shlex.split(command)[2:])
     assert resumed.returncode == 0, resumed.stderr
     assert 'Epoch: 2,' in resumed.stdout and printed_test_lines(resumed)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGUSR1, signal.SIGUSR2])
+def test_a_batch_schedulers_warning_signal_saves_and_stops_like_sigterm(tmp_path, signum):
+    """Slurm's --signal and SGE's -notify send SIGUSR1 or SIGUSR2 before the time runs out."""
+    proc, _ = train(tmp_path, epochs=3, on_window=signal_at(1, 40, signum))
+    assert proc.returncode == 128 + signum, proc.stderr
+    name = signal.Signals(signum).name
+    assert f'Training stopped by {name}. Resume with: python demo_tie.py' in proc.stdout
+    last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
+    assert last['position']['window'] == 42
 
 
 def test_sighup_saves_the_epoch_in_progress_and_exits_129(tmp_path, long_corpus):
