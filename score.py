@@ -122,8 +122,9 @@ def add_adaptive_flags(parser):
     add('--dynamic_stats_rows', type=positive_int, default=64,
         help='Rows that text is read in, side by side (one gradient each window)')
     add('--tune', metavar='FILE', default=None,
-        help='Choose the values above on FILE (never on the scored text: valid.txt, say), '
-             'print each grid point, then score the input with the values kept')
+        help='Choose the values above on FILE (valid.txt, say; the scored text itself is '
+             'refused), print each grid point, then score the input with the values kept '
+             '(the defaults where every point ties)')
     add('--tune_tokens', type=non_negative_int, default=0,
         help='Tune on the first this many tokens of --tune FILE (0: all)')
 
@@ -404,21 +405,20 @@ def tune(args, model, rms, seq_length, text):
             dynamic.reset()
         return result.sum_no_sos / max(1, result.count_no_sos)
 
-    def keep_best(name, grid, loss_of):
+    def keep_best(name, grid, loss_of, current):
         losses = {value: loss_of(value) for value in grid}
         for value, loss in losses.items():
             print(f'tune: {name} {value:g}: perplexity without <sos> {perplexity(loss):.4f}',
                   file=sys.stderr, flush=True)
-        best = min(losses, key=losses.get)
-        print(f'tune: keeping {name} {best:g}', file=sys.stderr, flush=True)
-        return best
+        return best_of(losses, current, lambda value: f'{name} {value:g}')
 
     print(f'tune: {stream.numel() - 1} targets of {args.tune}', file=sys.stderr)
     if args.dynamic:
         args.dynamic_lr = keep_best('--dynamic_lr', DYNAMIC_LRS,
-                                    lambda lr: run(lr, args.dynamic_decay))
+                                    lambda lr: run(lr, args.dynamic_decay), args.dynamic_lr)
         args.dynamic_decay = keep_best('--dynamic_decay', DYNAMIC_DECAYS,
-                                       lambda decay: run(args.dynamic_lr, decay))
+                                       lambda decay: run(args.dynamic_lr, decay),
+                                       args.dynamic_decay)
     if args.cache:
         recorded = []
         run(args.dynamic_lr, args.dynamic_decay, record=recorded)
@@ -428,9 +428,21 @@ def tune(args, model, rms, seq_length, text):
         for (theta, lam), loss in losses.items():
             print(f'tune: --cache_theta {theta:g} --cache_lambda {lam:g}: perplexity without '
                   f'<sos> {perplexity(loss):.4f}', file=sys.stderr)
-        args.cache_theta, args.cache_lambda = min(losses, key=losses.get)
-        print(f'tune: keeping --cache_theta {args.cache_theta:g} --cache_lambda '
-              f'{args.cache_lambda:g}', file=sys.stderr, flush=True)
+        args.cache_theta, args.cache_lambda = best_of(
+            losses, (args.cache_theta, args.cache_lambda),
+            lambda pair: f'--cache_theta {pair[0]:g} --cache_lambda {pair[1]:g}')
+
+
+def best_of(losses, current, describe):
+    """The grid point of `losses` that scored best, or `current` where every point ties (a
+    tuning text too short to tell them apart), saying on stderr which is kept."""
+    if len(set(losses.values())) == 1:
+        print(f'tune: every grid point scores the same on this text, too short to tell them '
+              f'apart; keeping {describe(current)}', file=sys.stderr, flush=True)
+        return current
+    best = min(losses, key=losses.get)
+    print(f'tune: keeping {describe(best)}', file=sys.stderr, flush=True)
+    return best
 
 
 def check_flags(parser, args):
@@ -443,6 +455,22 @@ def check_flags(parser, args):
                      'they take neither --independent nor a --batch_size other than 1')
     if args.tune and not adaptive:
         parser.error('--tune chooses the values of --cache and --dynamic; give one of them')
+    readers = [name for name, path in (('the input', args.input), ('--tune', args.tune),
+                                       ('--dynamic_stats', args.dynamic_stats)) if path == '-']
+    if len(readers) > 1:
+        parser.error(f"{' and '.join(readers)} both name standard input ('-'), which can be "
+                     'read once; give the others as files')
+    if args.tune and args.tune != '-' and same_file(args.tune, args.input):
+        parser.error(f'--tune {args.tune} is the text being scored: values tuned on it would '
+                     'make its perplexity look better than it is; tune on another text '
+                     '(valid.txt, to score test.txt)')
+
+
+def same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing: reading it will say so
+        return False
 
 
 def summarize(args, text, nll, totals, layout):

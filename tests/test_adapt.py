@@ -115,6 +115,28 @@ def test_tune_takes_its_values_from_the_tuning_file_alone(model, tmp_path):
                            + len(script.CACHE_THETAS) * len(script.CACHE_LAMBDAS))
 
 
+def test_a_tuning_text_too_short_to_tell_the_grid_apart_keeps_the_defaults(model, tmp_path):
+    """Shorter than one --dynamic_segment, no step is taken: every rate scores the same."""
+    (tmp_path / 'short.txt').write_text('w1 w2 w3\n')
+    doc, err = score(model, model['corpus'] / 'test.txt', '--dynamic', '--tune',
+                     tmp_path / 'short.txt')
+    defaults, _ = score(model, model['corpus'] / 'test.txt', '--dynamic')
+    assert 'every grid point scores the same on this text' in err
+    assert doc['method'] == defaults['method']  # not the grid's first values
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--dynamic', '--tune', '-', '-'], "--tune both name standard input ('-')"),
+    (['--dynamic', '--dynamic_stats', '-', '-'], "--dynamic_stats both name standard input"),
+    (['--cache', '--tune', 'TEST', 'TEST'], 'is the text being scored'),
+])
+def test_inputs_that_cannot_be_read_as_asked_are_refused_in_one_line(model, flags, message):
+    flags = [str(model['corpus'] / 'test.txt') if f == 'TEST' else f for f in flags]
+    proc = run_main('score.py', '--checkpoint', model['checkpoint'], *flags)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert message in proc.stderr.splitlines()[-1]
+
+
 @pytest.mark.parametrize('flags', [['--cache', '--cache_window', '-3'],
                                    ['--cache', '--cache_lambda', '1.5'],
                                    ['--cache', '--cache_lambda', '-0.1'],
