@@ -32,6 +32,9 @@ METRICS_COLUMNS = ['epoch', 'train_loss', 'train_ppl', 'val_loss', 'val_ppl', 'v
                    'val_ppl_no_sos', 'lr', 'seconds', 'train_tokens_per_s']
 
 
+LAST_SUFFIX = '.last.pt'
+
+
 class RunFiles(NamedTuple):
     """The files of one run, beside --save_path (best_model.pt by default)."""
     best: str     # best_model.pt: the model with the best validation loss
@@ -42,8 +45,9 @@ class RunFiles(NamedTuple):
     @classmethod
     def beside(cls, save_path):
         """best_model.pt -> best_model.pt, best_model.last.pt, best_model.csv, best_model.lock;
-        refuses a path whose files would be one another (m.csv), that names no file, or that
-        is something other than a regular file (/dev/null). A symbolic link is followed: the
+        refuses a path whose files would be one another (m.csv) or another run's (m.last.pt),
+        that names no file, or that is something other than a regular file (/dev/null). Any
+        two save paths with a file in common share the lock. A symbolic link is followed: the
         run's files are named after, and written to, what it points to (a dangling link
         included), so that --resume finds them through the link or the target alike."""
         if not save_path or save_path.endswith(('/', os.sep)) or os.path.isdir(save_path):
@@ -51,8 +55,12 @@ class RunFiles(NamedTuple):
                                   'runs/model.pt')
         if os.path.islink(save_path):
             save_path = os.path.realpath(save_path)
+        if save_path.endswith(LAST_SUFFIX):  # its best model would be another run's last
+            raise SavePathError(f'--save_path {save_path} is the name of a last checkpoint, '
+                                f'the companion of the run at {save_path[:-len(LAST_SUFFIX)]}.pt; '
+                                f'give the best model\'s name, such as that one, or another')
         stem = os.path.splitext(save_path)[0]
-        files = cls(save_path, stem + '.last.pt', stem + '.csv', stem + '.lock')
+        files = cls(save_path, stem + LAST_SUFFIX, stem + '.csv', stem + '.lock')
         if len({os.path.abspath(p) for p in files}) < len(files):
             raise SavePathError(f'--save_path {save_path} would make the checkpoint and its '
                                   f'companions ({files.last}, {files.metrics}) the same file; use '

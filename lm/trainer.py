@@ -59,7 +59,7 @@ from lm.resume import (
     rng_state,
     seed_process,
 )
-from lm.runfiles import MetricsLog, RunFiles, check_lock
+from lm.runfiles import LAST_SUFFIX, MetricsLog, RunFiles, check_lock
 from lm.signals import StopRequest
 from model import LSTMLanguageModel, detach_hidden
 
@@ -455,5 +455,5 @@ def best_model_path(run):
     --save_path that has not improved on it yet, beside the last checkpoint it resumed."""
     if os.path.exists(run.files.best) or not run.resumed_from:
         return run.files.best
-    earlier = RunFiles.beside(run.resumed_from.removesuffix('.last.pt') + '.pt').best
+    earlier = run.resumed_from.removesuffix(LAST_SUFFIX) + '.pt'
     return earlier if os.path.exists(earlier) else run.files.best

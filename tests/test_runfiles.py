@@ -108,7 +108,7 @@ def test_stale_temporary_files_of_this_run_are_removed_at_start(tmp_path):
 
 # ---------------------------------------------------------------------------- save paths
 
-@pytest.mark.parametrize('save_path', ['m.csv', '', 'folder/', 'm.lock'])
+@pytest.mark.parametrize('save_path', ['m.csv', '', 'folder/', 'm.lock', 'm.last.pt'])
 def test_save_paths_that_name_no_file_or_collide_are_refused_before_reading_data(tmp_path,
                                                                                  save_path,
                                                                                  monkeypatch):
@@ -117,6 +117,7 @@ def test_save_paths_that_name_no_file_or_collide_are_refused_before_reading_data
     proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'no-data', '--save_path', save_path)
     assert proc.returncode == 1
     assert 'save_path' in proc.stderr and 'data folder' not in proc.stderr, proc.stderr
+    assert proc.stderr.count('\n') == 1 and not (tmp_path / 'm.last.lock').exists()
 
 
 def test_a_save_path_that_is_no_regular_file_is_refused_saying_so(tmp_path):
