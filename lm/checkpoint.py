@@ -15,6 +15,7 @@ weights_only=True. Two kinds, both beside --save_path:
 """
 import argparse
 import errno
+import glob
 import hashlib
 import os
 import pickle
@@ -37,12 +38,24 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable, unsafe or not ours, worded for the user."""
 
 
+def temporary_beside(path):
+    """A new temporary file beside `path`, hidden and named after it (`.NAME.XXXXXXXX.tmp`,
+    which stale_temporaries finds again): (file descriptor, its path)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
+
+
+def stale_temporaries(path):
+    """The temporary files of `path` that writes which were killed left behind."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(name)}.*.tmp'))
+
+
 def write_atomically(path, write):
     """Call `write(f)` on a temporary file beside `path` (opened in binary), flush it to disk,
     then rename it over `path`: a crash or a full disk never leaves a half-written file there,
     only the previous version. The temporary file is removed on any failure."""
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
+    fd, tmp = temporary_beside(path)
     try:
         umask = os.umask(0)
         os.umask(umask)

@@ -2,13 +2,23 @@
 the metrics CSV (the checkpoints' contents: lm.checkpoint; the resume rules: lm.resume).
 """
 import csv
-import glob
+import errno
 import io
 import os
-import tempfile
 from typing import NamedTuple
 
-from lm.checkpoint import CheckpointError, load_checkpoint, write_atomically
+from lm.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    stale_temporaries,
+    temporary_beside,
+    write_atomically,
+)
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
 
 try:
     import fcntl
@@ -73,18 +83,26 @@ class RunFiles(NamedTuple):
         return files
 
     def check_writable(self):
-        """Fail now, not after hours of training, if the run's files cannot be written (their
-        folder is made here, so that the lock can be taken there)."""
+        """Fail now, not after hours of training, if the run's files cannot be written: each
+        one's temporary file, the longest name the run writes, gets a byte (so a file-size
+        limit of 0 or a name too long shows now). Their folder is made here, so that the lock
+        can be taken there."""
         for path in self:
             if os.path.isdir(path):
                 raise SavePathError(f'cannot write checkpoint {path}: it is a folder')
-            folder = os.path.dirname(os.path.abspath(path))
             try:
-                os.makedirs(folder, exist_ok=True)
-                with tempfile.TemporaryFile(dir=folder):
-                    pass
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                if path == self.lock:
+                    continue  # a shorter name than the others' temporaries, written by hold_lock
+                fd, tmp = temporary_beside(path)
+                try:
+                    os.write(fd, b'0')
+                finally:
+                    os.close(fd)
+                    os.remove(tmp)
             except OSError as e:
-                raise SavePathError(f'cannot write checkpoint {path}: {e.strerror or e}') from None
+                raise SavePathError(f'cannot write checkpoint {path}: {write_failure(e)}') \
+                    from None
 
     def existing(self):
         return [p for p in (self.best, self.last, self.metrics) if os.path.exists(p)]
@@ -110,15 +128,27 @@ class RunFiles(NamedTuple):
             os.remove(path)
 
     def remove_stale_temporaries(self):
-        """Temporary files left by a write that was killed (save_checkpoint's `.NAME.*.tmp`);
-        called while holding the lock, so none of them can be another live run's."""
+        """Temporary files left by a write that was killed; called while holding the lock, so
+        none of them can be another live run's."""
         for path in (self.best, self.last, self.metrics):
-            folder, name = os.path.split(os.path.abspath(path))
-            for tmp in glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(name)}.*.tmp')):
+            for tmp in stale_temporaries(path):
                 try:
                     os.remove(tmp)
                 except OSError:
                     pass
+
+
+def write_failure(error):
+    """Why a write failed, in words that say what to change."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource else None
+        if limit not in (None, getattr(resource, 'RLIM_INFINITY', None)):
+            return f'{reason}: this process may write files of {limit} bytes at most (ulimit -f)'
+    if error.errno == errno.ENAMETOOLONG:
+        return (f'{reason}: the run writes temporary files named .NAME.XXXXXXXX.tmp beside '
+                'each of its files; give a shorter --save_path')
+    return reason
 
 
 _held_locks = {}  # lock path -> the open file holding the OS lock
@@ -143,10 +173,14 @@ def hold_lock(files):
         raise LockError(f'another trainer ({holder}) is writing {files.best} and its '
                               'companions; wait for it to end, or use another '
                               '--save_path') from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f'pid {os.getpid()}\n')
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f'pid {os.getpid()}\n')
+        handle.flush()
+    except OSError as e:
+        handle.close()
+        raise LockError(f'cannot write {files.lock}: {write_failure(e)}') from None
     _held_locks[files.lock] = handle
 
 

@@ -59,7 +59,7 @@ from lm.resume import (
     rng_state,
     seed_process,
 )
-from lm.runfiles import LAST_SUFFIX, MetricsLog, RunFiles, check_lock
+from lm.runfiles import LAST_SUFFIX, MetricsLog, RunFiles, check_lock, write_failure
 from lm.signals import StopRequest
 from model import LSTMLanguageModel, detach_hidden
 
@@ -408,14 +408,25 @@ def save_stopped_epoch(run, epoch, done):
 @contextlib.contextmanager
 def saving(run):
     """Training: a file that cannot be written ends the run with a message that says how to
-    resume from the files on disk."""
+    go on from the files on disk."""
     try:
         yield
     except OSError as e:
-        last = run.files.last if run.wrote_last else run.resumed_from or run.files.last
-        raise RunError(f'could not write {e.filename or "a checkpoint"}: {e.strerror or e}. '
-                       f'The files already on disk are unchanged; resume with: '
-                       f'{resume_command(last)}') from None
+        raise RunError(f'could not write {e.filename or "a checkpoint"}: {write_failure(e)}. '
+                       f'{how_to_go_on(run)}') from None
+
+
+def how_to_go_on(run):
+    """After a failed write: the command that resumes, where a last checkpoint exists;
+    otherwise how to start again without losing the best model so far."""
+    last = run.files.last if run.wrote_last else run.resumed_from or run.files.last
+    if os.path.exists(last):
+        return f'The files already on disk are unchanged; resume with: {resume_command(last)}'
+    if os.path.exists(run.files.best):
+        return (f'There is no last checkpoint to resume from; the best model so far is '
+                f'{run.files.best}. Copy it elsewhere to keep it, then start again with '
+                f'--overwrite, or with another --save_path')
+    return 'Nothing was saved; start again once the file can be written'
 
 
 # ------------------------------------------------------------------ the end

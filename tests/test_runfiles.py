@@ -212,6 +212,47 @@ def test_a_write_that_fails_inside_torch_save_ends_cleanly_and_keeps_the_files(t
     assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
 
 
+def train_under_file_size_limit(folder, limit):
+    """A fresh tiny run as its own process, under `ulimit -f` of `limit` bytes."""
+    pattern_corpus(folder / 'corpus')
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    return subprocess.run([sys.executable, str(ROOT / 'demo_tie.py'), '--data_dir',
+                           folder / 'corpus', *TINY, '--tied', '--epochs', '2', '--save_path',
+                           folder / 'model.pt'], capture_output=True, text=True, env=env,
+                          timeout=300, check=False, preexec_fn=limit_file_size(limit))
+
+
+@pytest.mark.parametrize('limit, advice', [
+    (0, None),  # refused at start: no file of the run can be written
+    (1000, 'Nothing was saved'),  # the best model is larger
+    (20000, 'There is no last checkpoint to resume from; the best model so far is'),
+])
+def test_a_file_size_limit_gets_a_line_and_advice_that_fits_the_files_on_disk(tmp_path, limit,
+                                                                             advice):
+    """The best model (13 kB) fits under 20000 bytes, the last checkpoint (53 kB) does not:
+    no advice names a file that is not there, and none costs the best model."""
+    proc = train_under_file_size_limit(tmp_path, limit)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(error) == 1 and 'File too large' in error[0] and 'ulimit -f' in error[0]
+    assert not (tmp_path / 'model.lock').exists()
+    assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
+    if advice is None:
+        assert 'cannot write checkpoint' in error[0] and 'Epoch' not in proc.stderr
+    else:
+        assert advice in error[0] and 'resume with' not in error[0]
+        assert (tmp_path / 'model.pt').exists() == (limit == 20000)
+
+
+def test_a_save_path_too_long_for_its_temporary_files_is_refused_at_once(tmp_path):
+    """Its last checkpoint's temporary name (.NAME.last.pt.XXXXXXXX.tmp) passes 255 bytes."""
+    save = tmp_path / ('a' * 236 + '.pt')
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'no-data', '--save_path', save)
+    assert proc.returncode == 1 and proc.stderr.count('\n') == 1, proc.stderr
+    assert 'File name too long' in proc.stderr and 'shorter --save_path' in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_failed_write_at_end_of_epoch_keeps_the_previous_checkpoints(tmp_path, monkeypatch, capsys,
                                                                      one_epoch):
     save = copy_run(one_epoch, tmp_path)
