@@ -27,10 +27,19 @@ class DataError(Exception):
 
 
 def _open_text(path):
-    if not os.path.isfile(path):
+    """Open a data file, or say in one line what stands in the way."""
+    if not os.path.exists(path):
         raise DataError(f'missing data file: {path} (run `bash getdata.sh` for PTB, '
                         'or point --data_dir at a folder with train.txt, valid.txt, test.txt)')
-    return open(path, 'rb')
+    if os.path.isdir(path):
+        raise DataError(f'{path} is a folder; a data file is a text file')
+    if not os.path.isfile(path):
+        raise DataError(f'{path} is not a regular file (a device, a pipe or a socket); a data '
+                        'file is a text file')
+    try:
+        return open(path, 'rb')
+    except OSError as e:
+        raise DataError(f'cannot read {path}: {e.strerror or e}') from None
 
 
 def word_lines(f, name):

@@ -94,8 +94,15 @@ def load_checkpoint(path, map_location='cpu', missing_hint=''):
     """Open a checkpoint with weights_only=True (no arbitrary code runs) and check it is ours."""
     if os.path.isdir(path):
         raise CheckpointError(f'{path} is a folder, not a checkpoint')
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CheckpointError(f'checkpoint not found: {path}{missing_hint}')
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{path} is not a regular file (a device, a pipe or a socket), '
+                              'not a checkpoint')
+    try:
+        open(path, 'rb').close()
+    except OSError as e:
+        raise CheckpointError(f'cannot read {path}: {e.strerror or e}') from None
     try:
         with warnings.catch_warnings():  # a raw pickle gets torch's two-line protocol notice
             warnings.filterwarnings('ignore', message='Detected pickle protocol')

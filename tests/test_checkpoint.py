@@ -93,6 +93,25 @@ def test_files_that_are_not_checkpoints_are_called_so(tmp_path, trained, damage)
         assert 'run code' not in proc.stderr
 
 
+@pytest.mark.parametrize('kind', ['fifo', 'device', 'unreadable'])
+def test_a_checkpoint_that_cannot_be_read_is_named_with_the_reason(tmp_path, trained, kind):
+    bad = tmp_path / 'bad.pt'
+    if kind == 'fifo':
+        os.mkfifo(bad)
+        expected = 'is not a regular file'
+    elif kind == 'device':
+        bad.symlink_to('/dev/zero')
+        expected = 'is not a regular file'
+    else:
+        if os.geteuid() == 0:
+            pytest.skip('root reads files whatever their mode')
+        bad.write_bytes(Path(trained['checkpoint']).read_bytes())
+        bad.chmod(0)
+        expected = 'cannot read .*: Permission denied'
+    for reader in ('generate.py', 'score.py'):
+        refused(read_with(reader, trained, bad), expected)
+
+
 def lying_copy(trained, tmp_path, change):
     ckpt = torch.load(trained['checkpoint'], weights_only=True)
     change(ckpt)

@@ -70,6 +70,30 @@ def test_missing_file_and_folder_are_named(tmp_path):
         data.load_corpus(tmp_path)
 
 
+@pytest.mark.parametrize('kind', ['folder', 'fifo', 'device', 'unreadable'])
+def test_a_data_file_that_cannot_be_read_as_text_is_named_with_the_reason(tmp_path, kind):
+    write_corpus(tmp_path, 'a b\n')
+    train = tmp_path / 'train.txt'
+    train.unlink()
+    if kind == 'folder':
+        train.mkdir()
+        expected = 'train.txt is a folder'
+    elif kind == 'fifo':
+        os.mkfifo(train)
+        expected = 'train.txt is not a regular file'
+    elif kind == 'device':
+        train.symlink_to('/dev/zero')
+        expected = 'train.txt is not a regular file'
+    else:
+        if os.geteuid() == 0:
+            pytest.skip('root reads files whatever their mode')
+        train.write_text('a b\n')
+        train.chmod(0)
+        expected = 'cannot read .*train.txt: Permission denied'
+    with pytest.raises(data.DataError, match=expected):
+        data.load_corpus(tmp_path)
+
+
 def test_batchify_lays_the_stream_out_row_by_row_and_drops_the_tail():
     rows = data.batchify(torch.arange(23), 4)
     assert rows.shape == (4, 5)
