@@ -24,7 +24,7 @@ import time
 import data
 from lm import flags, trainer
 from lm.checkpoint import CheckpointError, build_model, check_stored_args, load_checkpoint
-from lm.device import apply_threads, keep_freed_memory, memory_of
+from lm.device import apply_threads, escape_what_output_cannot_encode, keep_freed_memory, memory_of
 from lm.distributed import ShareError
 from lm.distributed import setup as setup_processes
 from lm.loop import evaluate, perplexity
@@ -230,6 +230,7 @@ def main(argv=None, on_window=None):
     given = flags.explicit_flags(parser, argv)
     check_flags(parser, args, given)
     sys.stdout.reconfigure(line_buffering=True)
+    escape_what_output_cannot_encode()
     try:
         group, device = setup_processes(args.device)
     except ValueError as e:

@@ -5,13 +5,18 @@
 The checkpoint alone is enough: it carries the vocabulary and the model's sizes.
 """
 import argparse
+import os
 import sys
 
 import torch
 
 import data
 from lm.checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
-from lm.device import apply_device_flags, quiet_on_closed_pipe
+from lm.device import (
+    apply_device_flags,
+    escape_what_output_cannot_encode,
+    quiet_on_closed_pipe,
+)
 from lm.flags import (
     add_device_flags,
     checked_number,
@@ -121,6 +126,13 @@ def render(words):
     return '\n'.join(lines + [' '.join(line)] if line else lines)
 
 
+def typed_text(text):
+    """Text from the command line read as UTF-8, as training reads files, also where the
+    locale made Python decode it as ASCII (LC_ALL=C with PYTHONUTF8=0, where the bytes of
+    'café' arrive as surrogates and would be read as <unk>)."""
+    return os.fsencode(text).decode('utf-8', errors='replace')
+
+
 def prompt_ids(words, vocab):
     """The prompt as the model read text in training: <sos> first, and after each typed <eos>
     a <sos>, as after a sampled one. <sos> and <pad> typed are refused (ValueError): they are
@@ -141,6 +153,7 @@ def prompt_ids(words, vocab):
 
 def main(argv=None):
     quiet_on_closed_pipe()
+    escape_what_output_cannot_encode()
     parser = build_parser()
     args = parser.parse_args(argv)
     device, autocast_dtype = apply_device_flags(
@@ -154,7 +167,7 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         return 1
     vocab = ckpt['vocab']
-    seed_words = args.seed_text.split()
+    seed_words = typed_text(args.seed_text).split()
     try:
         prompt = prompt_ids(seed_words, vocab)
     except ValueError as e:

@@ -49,7 +49,11 @@ from lm.checkpoint import (
     check_stored_args,
     load_checkpoint,
 )
-from lm.device import apply_device_flags, quiet_on_closed_pipe
+from lm.device import (
+    apply_device_flags,
+    escape_what_output_cannot_encode,
+    quiet_on_closed_pipe,
+)
 from lm.flags import (
     add_device_flags,
     checked_number,
@@ -493,6 +497,7 @@ def summarize(args, text, nll, totals, layout):
 
 def main(argv=None):
     quiet_on_closed_pipe()
+    escape_what_output_cannot_encode()
     parser = build_parser()
     args = parser.parse_args(argv)
     check_flags(parser, args)

@@ -170,6 +170,15 @@ def quiet_on_closed_pipe():
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
+def escape_what_output_cannot_encode():
+    """Where standard output cannot encode a word or a path (LC_ALL=C with PYTHONUTF8=0,
+    PYTHONIOENCODING=ascii), write it as backslash escapes (caf\\xe9), as standard error
+    does, rather than end in a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, 'reconfigure'):
+            stream.reconfigure(errors='backslashreplace')
+
+
 def memory_of(device):
     """Bytes of memory on `device` (the machine's RAM for a CPU), or None where unknown."""
     if device.type == 'cuda':

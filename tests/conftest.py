@@ -44,9 +44,9 @@ def pattern_corpus(folder, train_lines=300, eval_lines=40):
                         (PATTERN + '\n') * eval_lines)
 
 
-def run_script(script, *args, cwd=None, timeout=300, **kw):
-    """`script` as its own process, the way a user runs it."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
+def run_script(script, *args, cwd=None, timeout=300, env=None, **kw):
+    """`script` as its own process, the way a user runs it (in `env`, default ours)."""
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED='1')
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=env,
                           check=False, **kw)
