@@ -270,10 +270,17 @@ def get_window(data, start, seq_length):
     return data[:, start:start + length].long(), data[:, start + 1:start + 1 + length].long()
 
 
-def check_size(name, stream, batch_size, seq_length=1):
-    """Raise DataError unless `stream` holds at least one window of batch_size x seq_length."""
-    need = batch_size * (seq_length + 1)
-    if stream.numel() < need:
-        raise DataError(f'{name} split is too small: {stream.numel()} tokens, but one window of '
-                        f'--batch_size {batch_size} x --seq_length {seq_length} needs {need}; '
-                        'use a smaller --batch_size or --seq_length')
+def check_size(name, stream, batch_size, seq_length=None):
+    """Raise DataError unless `stream` holds at least one window of batch_size x seq_length
+    (training), or without `seq_length`, two tokens a row (evaluation, whose last window may
+    be short)."""
+    need = batch_size * ((seq_length or 1) + 1)
+    if stream.numel() >= need:
+        return
+    if seq_length is None:
+        raise DataError(f'{name} split is too small: {stream.numel()} tokens, but its '
+                        f'--batch_size {batch_size} rows need {need} (two tokens each); use a '
+                        'smaller --batch_size')
+    raise DataError(f'{name} split is too small: {stream.numel()} tokens, but one window of '
+                    f'--batch_size {batch_size} x --seq_length {seq_length} needs {need}; '
+                    'use a smaller --batch_size or --seq_length')

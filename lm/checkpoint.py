@@ -21,6 +21,7 @@ import os
 import pickle
 import pickletools
 import re
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -30,7 +31,8 @@ import torch
 from data import SPECIALS, UNK
 from model import MODEL_REGULARIZERS, LSTMLanguageModel
 
-FORMAT = 'lstm-tied-lm/1'
+FORMAT_NAME, FORMAT_VERSION = 'lstm-tied-lm/', 1
+FORMAT = f'{FORMAT_NAME}{FORMAT_VERSION}'
 MODEL_ARGS = ('vocab_size', 'embed_size', 'hidden_size', 'num_layers', 'dropout', 'tied')
 
 
@@ -122,6 +124,12 @@ def load_checkpoint(path, map_location='cpu', missing_hint=''):
         raise CheckpointError(f'{path} is not a checkpoint: it is truncated, corrupt or not a '
                               f'PyTorch file ({type(e).__name__})') from None
     if not isinstance(ckpt, dict) or ckpt.get('format') != FORMAT:
+        found = ckpt.get('format') if isinstance(ckpt, dict) else None
+        version = found.removeprefix(FORMAT_NAME) if isinstance(found, str) else ''
+        if found != version and version.isdigit() and int(version) > FORMAT_VERSION:
+            raise CheckpointError(f'{path} was written by a newer version of this project (its '
+                                  f'format is {found}, this version reads {FORMAT}); update '
+                                  'this code to read it')
         raise CheckpointError(f'{path} is not a checkpoint made by demo_tie.py')
     _check_model_fields(path, ckpt)
     return ckpt
@@ -197,6 +205,11 @@ def _check_model_fields(path, ckpt):
     if not ok:
         raise CheckpointError(f'{path} is damaged: its model description or vocabulary is missing '
                               'or inconsistent')
+    unknown = sorted(map(str, set(args) - set(MODEL_ARGS) - set(MODEL_REGULARIZERS)))
+    if unknown:  # a later version's option, say: the model is built without it
+        print(f'warning: {path} describes its model with {", ".join(unknown)}, which '
+              'this version does not know; building the model without it, which may not be '
+              'the model that was trained', file=sys.stderr)
     _check_weights(path, args, ckpt['model_state'])
 
 

@@ -112,6 +112,25 @@ def test_a_checkpoint_that_cannot_be_read_is_named_with_the_reason(tmp_path, tra
         refused(read_with(reader, trained, bad), expected)
 
 
+def test_a_checkpoint_of_a_newer_format_says_so(tmp_path, trained):
+    ckpt = torch.load(trained['checkpoint'], weights_only=True)
+    ckpt['format'] = 'lstm-tied-lm/2'
+    torch.save(ckpt, tmp_path / 'newer.pt')
+    refused(read_with('generate.py', trained, tmp_path / 'newer.pt'),
+            r'written by a newer version of this project \(its format is lstm-tied-lm/2, this '
+            r'version reads lstm-tied-lm/1\)')
+
+
+def test_model_arguments_this_version_does_not_know_are_named_in_a_warning(tmp_path, trained):
+    ckpt = torch.load(trained['checkpoint'], weights_only=True)
+    ckpt['model_args']['layer_norm'] = True  # as a later version might write
+    torch.save(ckpt, tmp_path / 'later.pt')
+    proc = read_with('score.py', trained, tmp_path / 'later.pt')
+    assert proc.returncode == 0, proc.stderr
+    assert 'describes its model with layer_norm, which this version does not know' in proc.stderr
+    assert 'warning' not in read_with('score.py', trained, trained['checkpoint']).stderr
+
+
 def lying_copy(trained, tmp_path, change):
     ckpt = torch.load(trained['checkpoint'], weights_only=True)
     change(ckpt)

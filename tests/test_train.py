@@ -154,6 +154,15 @@ def test_corpus_smaller_than_one_window_is_an_error(tmp_path):
           r'train split is too small: 20 tokens.*needs 620')
 
 
+def test_a_validation_split_smaller_than_the_batch_names_the_flags_given(tmp_path):
+    write_corpus(tmp_path / 'c', (PATTERN + '\n') * 100, PATTERN + '\n')  # valid: 10 tokens
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'c', '--save_path', tmp_path / 'm.pt',
+                    '--batch_size', '8', '--seq_length', '5')
+    fails(proc, r'valid split is too small: 10 tokens, but its --batch_size 8 rows need 16 '
+                r'\(two tokens each\); use a smaller --batch_size')
+    assert '--seq_length 1' not in proc.stderr
+
+
 def test_untied_model_trains_too(tmp_path):
     pattern_corpus(tmp_path / 'c')
     proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'c', '--embed_size', '8',
