@@ -42,21 +42,36 @@ def _open_text(path):
         raise DataError(f'cannot read {path}: {e.strerror or e}') from None
 
 
+MARKERS = frozenset(SPECIALS)  # what reading adds around each line; never a word of a text
+
+
 def word_lines(f, name):
     """(line number, words) of each non-blank line of a binary file, read as training reads
-    text: UTF-8 (an error names the file and line), a byte-order mark dropped, split() on
-    whitespace."""
-    for line_number, raw in enumerate(f, start=1):
+    text: UTF-8 (an error names the file and line), a byte-order mark dropped, a line ending
+    in LF, CRLF or a lone CR (old Mac files), split() on whitespace. A marker typed as a word
+    (<sos>, <eos>, <pad>) is refused, since it would silently become one."""
+    number = 0
+    for raw in f:
         try:
             line = raw.decode('utf-8')
         except UnicodeDecodeError as e:
-            raise DataError(f'{name}, line {line_number}: not valid UTF-8 ({e.reason} '
+            raise DataError(f'{name}, line {number + 1}: not valid UTF-8 ({e.reason} '
                             f'at byte {e.start})') from None
-        if line_number == 1 and line.startswith(BOM):
+        if number == 0 and line.startswith(BOM):
             line = line[1:]
-        words = line.split()
-        if words:
-            yield line_number, words
+        parts = line.split('\r') if '\r' in line else [line]
+        if len(parts) > 1 and not parts[-1].strip():
+            parts.pop()  # what follows the last CR: the LF of CRLF, or nothing
+        for part in parts:
+            number += 1
+            words = part.split()
+            if '<' in part and not MARKERS.isdisjoint(words):
+                marker = next(w for w in words if w in MARKERS)
+                raise DataError(f'{name}, line {number}: {marker} is a marker that reading '
+                                'adds (<sos> and <eos> around each line, <pad> to fill '
+                                'batches), not a word of a text; remove or rename it')
+            if words:
+                yield number, words
 
 
 def read_ids(path, index, grow=False):

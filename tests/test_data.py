@@ -37,15 +37,25 @@ def test_words_missing_from_training_become_unk_and_are_counted(tmp_path):
     assert corpus.unknown == {'train': 0, 'valid': 2, 'test': 0}
 
 
-def test_windows_and_trailing_spaces_tokenise_like_unix(tmp_path):
+@pytest.mark.parametrize('text', [b'a b  c  \r\n d e\t\r\n\r\n', b'a b c\rd e\r'],
+                         ids=['windows', 'old mac'])
+def test_windows_and_old_mac_line_endings_and_trailing_spaces_tokenise_like_unix(tmp_path,
+                                                                                 text):
     unix = write_corpus(tmp_path / 'unix', 'a b c\nd e\n')
-    windows = tmp_path / 'win'
-    windows.mkdir()
+    other = tmp_path / 'other'
+    other.mkdir()
     for name in ('train', 'valid', 'test'):
-        (windows / f'{name}.txt').write_bytes(b'a b  c  \r\n d e\t\r\n\r\n')
-    a, b = data.load_corpus(unix), data.load_corpus(windows)
+        (other / f'{name}.txt').write_bytes(text)
+    a, b = data.load_corpus(unix), data.load_corpus(other)
     assert a.vocab == b.vocab
     assert torch.equal(a.train, b.train) and torch.equal(a.test, b.test)
+
+
+@pytest.mark.parametrize('marker', data.SPECIALS)
+def test_a_marker_written_as_a_word_is_refused_with_its_line(tmp_path, marker):
+    write_corpus(tmp_path, 'a b\n', f'a b\nc {marker} d\n')
+    with pytest.raises(data.DataError, match=f'valid.txt, line 2: {marker} is a marker'):
+        data.load_corpus(tmp_path)
 
 
 def test_invalid_utf8_names_file_and_line(tmp_path):

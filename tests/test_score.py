@@ -112,7 +112,7 @@ def test_stdin_is_read_with_a_dash(trained):
 
 
 @pytest.mark.parametrize('case', ['missing checkpoint', 'hostile checkpoint', 'empty input',
-                                  'blank input', 'not utf-8', 'missing input'])
+                                  'blank input', 'not utf-8', 'a marker', 'missing input'])
 def test_bad_input_ends_with_a_message_not_a_traceback(trained, tmp_path, case):
     checkpoint, text = trained['checkpoint'], tmp_path / 'text.txt'
     text.write_text('one two\n')
@@ -135,6 +135,9 @@ def test_bad_input_ends_with_a_message_not_a_traceback(trained, tmp_path, case):
     elif case == 'not utf-8':
         text.write_bytes(b'one two\nthree \xff four\n')
         expected = r'line 2: not valid UTF-8'
+    elif case == 'a marker':
+        text.write_text('one two\nthree <eos> four\n')
+        expected = r'line 2: <eos> is a marker that reading adds'
     else:
         text, expected = tmp_path / 'nope.txt', 'cannot read'
     proc = run_main('score.py', '--checkpoint', checkpoint, text)
