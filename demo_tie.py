@@ -24,7 +24,14 @@ import time
 import data
 from lm import flags, trainer
 from lm.checkpoint import CheckpointError, build_model, check_stored_args, load_checkpoint
-from lm.device import apply_threads, escape_what_output_cannot_encode, keep_freed_memory, memory_of
+from lm.device import (
+    allocation_failure,
+    apply_threads,
+    escape_what_output_cannot_encode,
+    keep_freed_memory,
+    memory_of,
+    out_of_memory,
+)
 from lm.distributed import ShareError
 from lm.distributed import setup as setup_processes
 from lm.loop import evaluate, perplexity
@@ -213,12 +220,12 @@ def memory_problem(args, device):
     weights, gradients and Adam's two moments, 16 bytes a parameter, before the data is read
     (the embedding and decoder, which depend on the vocabulary, come on top)."""
     parameters = lstm_parameters(args.embed_size, args.hidden_size, args.num_layers)
-    need, have = 16 * parameters, memory_of(device)
+    need, (have, where) = 16 * parameters, memory_of(device)
     if have is None or need <= have:
         return ''
     return (f'--embed_size {args.embed_size} --hidden_size {args.hidden_size} --num_layers '
             f'{args.num_layers} make an LSTM of {parameters:,} parameters, which needs at least '
-            f'{need / 2**30:,.1f} GiB for its weights, gradients and optimizer state; {device} '
+            f'{need / 2**30:,.1f} GiB for its weights, gradients and optimizer state; {where} '
             f'has {have / 2**30:,.1f} GiB')
 
 
@@ -257,6 +264,14 @@ def main(argv=None, on_window=None):
     except KeyboardInterrupt:
         print('\nInterrupted.', file=sys.stderr)
         status = 130
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        have, where = memory_of(device)
+        limit = f'; {where} has {have / 2**30:,.1f} GiB' if have else ''
+        print(f'error: out of memory ({allocation_failure(e)}){limit}. Use a smaller model or '
+              '--batch_size', file=sys.stderr)
+        status = 1
     finally:
         release_locks()  # the run is over, however it ended
         for s, handler in previous.items():

@@ -180,10 +180,42 @@ def escape_what_output_cannot_encode():
 
 
 def memory_of(device):
-    """Bytes of memory on `device` (the machine's RAM for a CPU), or None where unknown."""
+    """(bytes of memory on `device` this process may use, where that figure comes from), or
+    (None, None) where unknown. On a CPU: the machine's RAM, or less where ulimit -v
+    (RLIMIT_AS) or the process's cgroup sets a lower limit."""
     if device.type == 'cuda':
-        return torch.cuda.get_device_properties(device).total_memory
+        return torch.cuda.get_device_properties(device).total_memory, str(device)
     try:
-        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+        found = [(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'), 'this machine')]
     except (AttributeError, ValueError, OSError):
-        return None
+        found = []
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            found.append((soft, 'this process under its limit (ulimit -v)'))
+    except (ImportError, ValueError, OSError):
+        pass
+    for path in ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes'):
+        try:
+            with open(path) as f:
+                found.append((int(f.read().strip()), f'this process under its cgroup ({path})'))
+            break
+        except (OSError, ValueError):  # absent, or "max": no limit
+            continue
+    return min(found) if found else (None, None)
+
+
+def out_of_memory(error):
+    """Whether `error` is an allocation that failed: Python's, CUDA's, or PyTorch's CPU
+    allocator's (a RuntimeError that says so)."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+def allocation_failure(error):
+    """The line of an out-of-memory error that says what was asked for."""
+    lines = [line for line in str(error).splitlines() if 'allocate' in line]
+    text = lines[0] if lines else str(error).splitlines()[0] if str(error) else 'MemoryError'
+    return text.split('DefaultCPUAllocator: ')[-1][:200]

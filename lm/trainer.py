@@ -29,7 +29,14 @@ from lm.checkpoint import (
     model_args,
     save_checkpoint,
 )
-from lm.device import amp_needs_measuring, bfloat16_speedup, matrix_shapes, mixed_precision
+from lm.device import (
+    allocation_failure,
+    amp_needs_measuring,
+    bfloat16_speedup,
+    matrix_shapes,
+    mixed_precision,
+    out_of_memory,
+)
 from lm.loop import (
     EpochStart,
     NonFiniteLoss,
@@ -407,13 +414,18 @@ def save_stopped_epoch(run, epoch, done):
 
 @contextlib.contextmanager
 def saving(run):
-    """Training: a file that cannot be written ends the run with a message that says how to
-    go on from the files on disk."""
+    """Training: a file that cannot be written, or memory that cannot be had, ends the run
+    with a message that says how to go on from the files on disk (each written whole)."""
     try:
         yield
     except OSError as e:
         raise RunError(f'could not write {e.filename or "a checkpoint"}: {write_failure(e)}. '
                        f'{how_to_go_on(run)}') from None
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        raise RunError(f'out of memory in training ({allocation_failure(e)}); a smaller '
+                       f'--batch_size or model needs less. {how_to_go_on(run)}') from None
 
 
 def how_to_go_on(run):

@@ -253,6 +253,36 @@ def test_a_save_path_too_long_for_its_temporary_files_is_refused_at_once(tmp_pat
     assert os.listdir(tmp_path) == []
 
 
+def test_an_allocation_that_fails_in_training_ends_with_a_line_and_keeps_the_files(tmp_path,
+                                                                                 one_epoch):
+    """A real allocator failure in the middle of epoch 2 (a tensor of 4 PB asked for)."""
+    copy_run(one_epoch, tmp_path)
+    before = snapshot(tmp_path)
+    proc, _ = train(tmp_path, '--resume', epochs=2,
+                    on_window=lambda e, k: (e, k) == (2, 3) and torch.empty(10**15))
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert "out of memory in training (can't allocate memory" in proc.stderr
+    assert 'resume with: python demo_tie.py' in proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_the_memory_check_counts_the_process_limit_not_only_the_machines_ram(tmp_path):
+    """A model needing 7.5 GiB for its LSTM fits this machine's RAM but not ulimit -v 6 GiB:
+    refused before anything is allocated, naming the limit."""
+    if os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') < 8 * 2**30:
+        pytest.skip('this machine has less RAM than the model needs')
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, resource.RLIM_INFINITY))
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.run([sys.executable, str(ROOT / 'demo_tie.py'), '--tied', '--embed_size',
+                           '5600', '--hidden_size', '5600', '--save_path', tmp_path / 'm.pt',
+                           '--data_dir', tmp_path], capture_output=True, text=True, env=env,
+                          timeout=120, check=False, preexec_fn=limit)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
+    assert 'this process under its limit (ulimit -v) has 6.0 GiB' in proc.stderr
+
+
 def test_failed_write_at_end_of_epoch_keeps_the_previous_checkpoints(tmp_path, monkeypatch, capsys,
                                                                      one_epoch):
     save = copy_run(one_epoch, tmp_path)
