@@ -44,6 +44,23 @@ def pattern_corpus(folder, train_lines=300, eval_lines=40):
                         (PATTERN + '\n') * eval_lines)
 
 
+def block_reading(path, kind, content=b'x'):
+    """Put at `path` what a reader must refuse, of `kind`: a folder, a fifo, a device (a link
+    to /dev/zero), or an unreadable file (mode 0: skipped as root, who reads any file)."""
+    path = Path(path)
+    if kind == 'folder':
+        path.mkdir()
+    elif kind == 'fifo':
+        os.mkfifo(path)
+    elif kind == 'device':
+        path.symlink_to('/dev/zero')
+    else:
+        if os.geteuid() == 0:
+            pytest.skip('root reads files whatever their mode')
+        path.write_bytes(content)
+        path.chmod(0)
+
+
 def run_script(script, *args, cwd=None, timeout=300, env=None, **kw):
     """`script` as its own process, the way a user runs it (in `env`, default ours)."""
     env = dict(os.environ if env is None else env, PYTHONUNBUFFERED='1')

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, copy_run, run_main
+from conftest import TINY, block_reading, copy_run, run_main
 
 OLD = Path(__file__).resolve().parent / 'fixtures' / 'old_run'
 
@@ -93,21 +93,13 @@ def test_files_that_are_not_checkpoints_are_called_so(tmp_path, trained, damage)
         assert 'run code' not in proc.stderr
 
 
-@pytest.mark.parametrize('kind', ['fifo', 'device', 'unreadable'])
-def test_a_checkpoint_that_cannot_be_read_is_named_with_the_reason(tmp_path, trained, kind):
+@pytest.mark.parametrize('kind, expected', [('fifo', 'is not a regular file'),
+                                            ('device', 'is not a regular file'),
+                                            ('unreadable', 'cannot read .*: Permission denied')])
+def test_a_checkpoint_that_cannot_be_read_is_named_with_the_reason(tmp_path, trained, kind,
+                                                                   expected):
     bad = tmp_path / 'bad.pt'
-    if kind == 'fifo':
-        os.mkfifo(bad)
-        expected = 'is not a regular file'
-    elif kind == 'device':
-        bad.symlink_to('/dev/zero')
-        expected = 'is not a regular file'
-    else:
-        if os.geteuid() == 0:
-            pytest.skip('root reads files whatever their mode')
-        bad.write_bytes(Path(trained['checkpoint']).read_bytes())
-        bad.chmod(0)
-        expected = 'cannot read .*: Permission denied'
+    block_reading(bad, kind, Path(trained['checkpoint']).read_bytes())
     for reader in ('generate.py', 'score.py'):
         refused(read_with(reader, trained, bad), expected)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import data
-from conftest import ROOT, list_reader, write_corpus
+from conftest import ROOT, block_reading, list_reader, write_corpus
 
 
 def test_vocabulary_is_specials_then_training_words_in_first_seen_order(tmp_path):
@@ -80,26 +80,15 @@ def test_missing_file_and_folder_are_named(tmp_path):
         data.load_corpus(tmp_path)
 
 
-@pytest.mark.parametrize('kind', ['folder', 'fifo', 'device', 'unreadable'])
-def test_a_data_file_that_cannot_be_read_as_text_is_named_with_the_reason(tmp_path, kind):
+@pytest.mark.parametrize('kind, expected', [
+    ('folder', 'train.txt is a folder'), ('fifo', 'train.txt is not a regular file'),
+    ('device', 'train.txt is not a regular file'),
+    ('unreadable', 'cannot read .*train.txt: Permission denied')])
+def test_a_data_file_that_cannot_be_read_as_text_is_named_with_the_reason(tmp_path, kind,
+                                                                          expected):
     write_corpus(tmp_path, 'a b\n')
-    train = tmp_path / 'train.txt'
-    train.unlink()
-    if kind == 'folder':
-        train.mkdir()
-        expected = 'train.txt is a folder'
-    elif kind == 'fifo':
-        os.mkfifo(train)
-        expected = 'train.txt is not a regular file'
-    elif kind == 'device':
-        train.symlink_to('/dev/zero')
-        expected = 'train.txt is not a regular file'
-    else:
-        if os.geteuid() == 0:
-            pytest.skip('root reads files whatever their mode')
-        train.write_text('a b\n')
-        train.chmod(0)
-        expected = 'cannot read .*train.txt: Permission denied'
+    (tmp_path / 'train.txt').unlink()
+    block_reading(tmp_path / 'train.txt', kind, b'a b\n')
     with pytest.raises(data.DataError, match=expected):
         data.load_corpus(tmp_path)
 
