@@ -50,7 +50,6 @@ def build_parser():
                         help='End each sample at the end of its first sentence')
     parser.add_argument('--seed', type=seed_value, default=None,
                         help='Random seed: the same seed and flags give the same text')
-    parser.add_argument('--cuda', action='store_true', help='Use CUDA (same as --device cuda)')
     add_device_flags(parser)
     parser.add_argument('--amp', action='store_true',
                         help="Run the model under bfloat16 autocast where the trainer's --amp "
@@ -157,7 +156,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     device, autocast_dtype = apply_device_flags(
-        parser, args, 'cuda' if args.cuda else None, cpu_amp_refusal=(
+        parser, args, cpu_amp_refusal=(
             'generation feeds one word at a time, where bfloat16 autocast on a CPU is slower '
             'than float32'))
     try:

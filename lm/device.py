@@ -26,6 +26,12 @@ def pick_device(name='auto'):
         raise ValueError(f'unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)') from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'device {name} asked for, but CUDA is not available here')
+    if device.type == 'cuda' and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(f'device {name} asked for, but this machine has {count} CUDA '
+                             f'device(s): cuda:0 to cuda:{count - 1}')
+        torch.cuda.set_device(device)  # so that nothing opens a context on cuda:0 meanwhile
     if device.type == 'mps' and not torch.backends.mps.is_available():
         raise ValueError('device mps asked for, but MPS is not available here')
     return device
@@ -129,12 +135,15 @@ def mixed_precision(device, requested, shapes=REFERENCE_SHAPES, speedup=None):
                         f'float32 on {device}')
 
 
-def apply_device_flags(parser, args, device_name=None, cpu_amp_refusal=None):
-    """What --device, --threads and --amp say for a script that runs a trained model
-    (generate.py, score.py): returns (device, autocast dtype or None). `cpu_amp_refusal`, if
+def apply_device_flags(parser, args, cpu_amp_refusal=None):
+    """What --device, --cuda (the reference's, the same as --device cuda), --threads and
+    --amp say for a script that runs a trained model (generate.py, score.py): returns
+    (device, autocast dtype or None). `cpu_amp_refusal`, if
     given, is why --amp stays off on a CPU for this script: it is printed instead."""
+    if args.cuda and args.device not in ('auto', 'cuda') and not args.device.startswith('cuda:'):
+        parser.error(f'--cuda and --device {args.device} disagree; give one of them')
     try:
-        device = pick_device(device_name or args.device)
+        device = pick_device('cuda' if args.cuda and args.device == 'auto' else args.device)
     except ValueError as e:
         parser.error(str(e))
     apply_threads(args.threads)

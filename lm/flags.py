@@ -205,8 +205,10 @@ def add_flags(parser, wanted):
 
 
 def add_device_flags(parser):
-    """--device and --threads, for the scripts that run a model."""
+    """--device, --cuda and --threads, for the scripts that run a trained model."""
     add_flags(parser, ['device', 'threads'])
+    parser.add_argument('--cuda', action='store_true',
+                        help="Use CUDA: the reference's flag, the same as --device cuda")
 
 
 def explicit_flags(parser, argv):

@@ -35,8 +35,9 @@ def rng_state():
 
 def set_rng_state(state):
     torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if torch.cuda.is_available():  # the GPUs there are: a run resumes on fewer, or on none
+        for index, cuda_state in enumerate(state['cuda'][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     key, pos, has_gauss, cached = state['numpy']
     np.random.set_state(('MT19937', key.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state['random']

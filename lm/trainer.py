@@ -271,7 +271,8 @@ def train_one_epoch(run, epoch, on_window=None):
     start, seconds = EpochStart(), 0.0
     if run.position is not None:  # resuming in mid-epoch
         p, device = run.position, run.streams['train'].device
-        hidden = tuple(group.rows(h, dim=1).contiguous().to(device) for h in p['hidden'])
+        hidden = tuple(group.rows(h, dim=1).contiguous().to(device, torch.float32)
+                       for h in p['hidden'])  # float16 in checkpoints written before they cast
         start = EpochStart(p['window'], hidden, p['losses'].to(device))
         seconds, run.position = elapsed_before(p), None
     started = time.monotonic() - seconds
@@ -388,8 +389,9 @@ def save_last(run, epoch, done, position=None):
     None) or where a signal stopped it. Every process takes part (the hidden and random
     states are gathered); the first one writes."""
     group = run.group
-    if position is not None:
-        position['hidden'] = tuple(group.gather_rows(h) for h in position['hidden'])
+    if position is not None:  # float32 and on the CPU whatever ran: cuDNN's LSTM under
+        # autocast keeps float16 states, which a float32 or CPU resume would refuse
+        position['hidden'] = tuple(group.gather_rows(h).float().cpu() for h in position['hidden'])
     rngs = group.gather_objects(rng_state())
     if group.is_main:
         best = best_checkpoint(run.model, run.corpus.vocab, run.args, epoch, run.val_loss,

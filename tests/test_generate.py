@@ -172,3 +172,17 @@ def test_a_tiny_temperature_samples_the_likeliest_word(trained):
                '--seed', '0')
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ['six', 'seven', 'eight', 'one']
+
+
+@pytest.mark.parametrize('script', ['generate.py', 'score.py'])
+@pytest.mark.parametrize('flags, message', [
+    (['--cuda', '--device', 'cpu'], '--cuda and --device cpu disagree'),
+    (['--device', 'cuda:7'], 'device cuda:7 asked for, but'),
+])
+def test_device_flags_that_cannot_hold_get_one_line(trained, script, flags, message):
+    """--cuda is the reference's flag for both scripts; a device that is not there, or two
+    flags that disagree, end with a usage line before the checkpoint is read."""
+    text = [] if script == 'generate.py' else [trained['corpus'] / 'test.txt']
+    proc = run_main(script, '--checkpoint', trained['checkpoint'], *flags, *text)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert message in proc.stderr.splitlines()[-1]

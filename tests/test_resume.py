@@ -37,16 +37,35 @@ def test_resuming_after_an_epoch_matches_the_uninterrupted_run_bit_for_bit(tmp_p
     assert csv_epochs(tmp_path / 'model.csv') == ['1', '2', '3']  # appended, not duplicated
 
 
-@pytest.mark.parametrize('seconds', [None, -3597.0])
-def test_a_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path, trained, stopped_run, seconds):
-    """stopped_run: the trained fixture's settings, stopped by SIGTERM in epoch 1. The time
-    the epoch had run is only shown: a negative one (an older version's wall clock stepped
-    back an hour) resumes all the same."""
+def test_a_position_saved_in_float16_by_a_gpu_amp_run_resumes_on_a_cpu(tmp_path, stopped_run):
+    """cuDNN's LSTM under autocast keeps a float16 hidden state, which an --amp run on a GPU
+    saved in its position before it was cast; a float32 or CPU resume continues from it."""
+    copy_run(stopped_run, tmp_path)
+    last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
+    last['position']['hidden'] = tuple(h.half() for h in last['position']['hidden'])
+    torch.save(last, tmp_path / 'model.last.pt')
+    resumed = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
+                       tmp_path / 'model.pt', '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'at epoch 1, window 43' in resumed.stdout and printed_test_lines(resumed)
+    saved = torch.load(tmp_path / 'model.last.pt', weights_only=True)
+    assert saved['epoch'] == 3
+
+
+@pytest.mark.parametrize('change', [
+    None,
+    # only shown: a negative time (an older version's wall clock stepped back an hour)
+    lambda last: last['position'].update(seconds=-3597.0),
+    # a run on an 8-GPU node, resumed where there are fewer GPUs, or none
+    lambda last: last['rng'].update(cuda=[torch.zeros(16, dtype=torch.uint8)] * 8),
+], ids=['as saved', 'clock stepped back', 'cuda states of 8 gpus'])
+def test_a_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path, trained, stopped_run, change):
+    """stopped_run: the trained fixture's settings, stopped by SIGTERM in epoch 1."""
     copy_run(stopped_run, tmp_path)
     last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
     assert last['epoch'] == 1 and last['position']['window'] == 42
-    if seconds is not None:
-        last['position']['seconds'] = seconds
+    if change is not None:
+        change(last)
         torch.save(last, tmp_path / 'model.last.pt')
     resumed = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
                        tmp_path / 'model.pt', '--resume')
