@@ -52,7 +52,7 @@ def build_parser():
                         help='Random seed: the same seed and flags give the same text')
     add_device_flags(parser)
     parser.add_argument('--amp', action='store_true',
-                        help="Run the model under bfloat16 autocast where the trainer's --amp "
+                        help="Run the model under autocast where the trainer's --amp "
                              'would (default: float32)')
     return parser
 

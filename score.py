@@ -94,7 +94,7 @@ def build_parser():
                         help='Write everything as one JSON document to stdout')
     add_device_flags(parser)
     parser.add_argument('--amp', action='store_true',
-                        help="Score under bfloat16 autocast where the trainer's --amp would "
+                        help="Score under autocast where the trainer's --amp would "
                              '(default: float32)')
     add_adaptive_flags(parser)
     return parser

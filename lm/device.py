@@ -116,14 +116,16 @@ def amp_needs_measuring(device, requested):
 def mixed_precision(device, requested, shapes=REFERENCE_SHAPES, speedup=None):
     """What --amp means on `device`: (autocast dtype or None, GradScaler or None, a line to
     print or None). Weights, gradients and optimizer state stay float32 in every case; only
-    the matrix products run in the lower precision. On a CPU, bfloat16 only where it
-    measures faster than float32 on `shapes` (`speedup`, measured when not given)."""
+    the matrix products (and on CUDA the LSTM) run in the lower precision. On CUDA, float16
+    with loss scaling; on a CPU, bfloat16 only where it measures faster than float32 on
+    `shapes` (`speedup`, measured when not given)."""
     if not requested:
         return None, None, None
     if device.type == 'cuda':
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, None, None
-        return torch.float16, torch.amp.GradScaler('cuda'), None  # float16 needs loss scaling
+        # float16 with loss scaling, not bfloat16: under autocast cuDNN's LSTM runs in float16
+        # whatever dtype autocast is given (PyTorch's AutocastRNN rule), so its small
+        # recurrent gradients need the scaling in any case
+        return torch.float16, torch.amp.GradScaler('cuda'), None
     if device.type == 'cpu':
         if not amp_needs_measuring(device, requested):
             return None, None, ('warning: --amp: this CPU has no native bfloat16 instructions '

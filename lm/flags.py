@@ -132,9 +132,9 @@ FLAGS = [
          '(they are deleted)', switch='store_true'),
     Flag('eval_only', False, 'Only print the validation and test results of the checkpoint at '
          '--save_path', switch='store_true'),
-    Flag('amp', False, 'Mixed precision: bfloat16 autocast on CUDA (float16 with loss scaling '
-         'where bfloat16 is missing), and on CPUs where the model\'s matrix products measure '
-         'faster in bfloat16 at start-up; float32 weights', switch='store_true'),
+    Flag('amp', False, 'Mixed precision, float32 weights: on CUDA float16 autocast with loss '
+         'scaling; on a CPU bfloat16 autocast where the model\'s matrix products measure '
+         'faster in it at start-up', switch='store_true'),
     Flag('compile', False, 'torch.compile the model (first windows are slower while it '
          'compiles)', switch='store_true'),
     # The opt-in regularisers (AWD-LSTM's, Merity et al. 2017; lm.recipes names sets of them).
