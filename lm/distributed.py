@@ -15,7 +15,8 @@ Each process's loss is the mean over its rows; DDP averages the gradients, so th
 the one a single process would make on all B rows. Evaluation scores each process's rows and
 adds the sums across processes, so every token counts once. Rank 0 alone prints and writes
 files; a last checkpoint gathers every process's hidden state (back into the single-process
-layout of B rows) and random state, so a run resumes exactly on the same number of processes.
+layout of B rows) and random state, so a CPU run resumes exactly on the same number of
+processes (on GPUs, cuDNN's dropout state and kernels are outside it: see docs/resuming.md).
 """
 import datetime
 import os
