@@ -19,6 +19,7 @@ from tqdm import tqdm
 import data
 from lm import flags
 from lm.checkpoint import (
+    CheckpointError,
     best_checkpoint,
     check_same_data,
     check_stored_args,
@@ -464,15 +465,21 @@ def load_best(run):
     """Put this run's best model, reloaded from disk, into run.model, on every process."""
     if math.isinf(run.best_val):
         raise RunError('no epoch finished, so there is no best model to test')
-    group = run.group
-    path = best_model_path(run)
-    best = load_checkpoint(path, map_location=run.streams['test'].device) if group.is_main \
-        else None
-    if group.is_main and best.get('run_id') != run.run_id:
-        raise RunError(f'{path} is not this run\'s best model (another run wrote it); '
-                       f'this run\'s best model was saved beside the --save_path it started '
-                       f'with. Test it with: python demo_tie.py --eval_only --save_path PATH')
-    run.model.load_state_dict(group.gather_objects(best['model_state'] if best else None)[0])
+    group, found = run.group, None
+    if group.is_main:  # loaded on the CPU: every process copies it onto its own device
+        path = best_model_path(run)
+        try:
+            best = load_checkpoint(path)
+            found = best['model_state'] if best.get('run_id') == run.run_id else (
+                f'{path} is not this run\'s best model (another run wrote it); this run\'s '
+                f'best model was saved beside the --save_path it started with. Test it with: '
+                f'python demo_tie.py --eval_only --save_path PATH')
+        except CheckpointError as e:
+            found = str(e)
+    found = group.gather_objects(found)[0]  # a refusal too, so that every process ends
+    if isinstance(found, str):
+        raise RunError(found)
+    run.model.load_state_dict(found)
 
 
 def best_model_path(run):
