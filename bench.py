@@ -214,6 +214,9 @@ def print_results(config, device, results, peak):
                  else platform.processor() or platform.machine())
     machine = (f'{device} ({processor}, {torch.get_num_threads()} threads), '
                f'torch {torch.__version__}')
+    if device.type == 'cuda':  # PyTorch's defaults: TF32 in cuDNN (the LSTM), not in matmuls
+        machine += (f', TF32 in matmuls {torch.backends.cuda.matmul.allow_tf32}, in cuDNN '
+                    f'{torch.backends.cudnn.allow_tf32}')
     print(f'config:  {config}')
     print(f'machine: {machine}')
     print(f'{"measure":<34} {"median":>12} {"min":>12} {"max":>12}  unit')

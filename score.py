@@ -356,7 +356,7 @@ def score_adaptive(args, model, stream, ckpt):
     dynamic = DynamicEval(model, rms, args.dynamic_lr, args.dynamic_decay) if args.dynamic else None
     cache = NeuralCache(args.cache_window, args.cache_theta, args.cache_lambda) \
         if args.cache else None
-    with cudnn_backward_in_eval(device):
+    with cudnn_backward_in_eval(device, needed=args.dynamic):
         nll, result = score_carried(model, stream, 1, seq_length, None, device,
                                     scorer=adaptive_scorer(model, cache, dynamic))
     if dynamic is not None:
@@ -402,7 +402,7 @@ def tune(args, model, rms, seq_length, text):
 
     def run(lr, decay, record=None):
         dynamic = DynamicEval(model, rms, lr, decay) if args.dynamic else None
-        with cudnn_backward_in_eval(device):
+        with cudnn_backward_in_eval(device, needed=dynamic is not None):
             result = token_losses(model, batched, seq_length,
                                   scorer=adaptive_scorer(model, dynamic=dynamic, record=record))
         if dynamic is not None:

@@ -122,10 +122,11 @@ class DynamicEval:
             p.copy_(self.start[name])
 
 
-def cudnn_backward_in_eval(device):
+def cudnn_backward_in_eval(device, needed=True):
     """cuDNN's LSTM has no backward in eval mode, and dropout must stay off: use PyTorch's own
-    LSTM kernels there."""
-    if device.type == 'cuda':
+    LSTM kernels there, where a backward is `needed` (dynamic evaluation; the cache alone
+    has none, and keeps cuDNN)."""
+    if device.type == 'cuda' and needed:
         return torch.backends.cudnn.flags(enabled=False)
     return contextlib.nullcontext()
 

@@ -100,6 +100,7 @@ def train_epoch(model, train_data, windows, stepping, start=EpochStart(), lr_fac
                                                       stepping.beta)
         take_step(model, objective, stepping, 1 if lr_factors is None else lr_factors[k])
         losses[k] = loss.detach()
+        del logits, objective  # freed before the next window's forward makes its own
 
         stopping = should_stop()
         running_loss = None
@@ -191,11 +192,12 @@ def token_losses(model, batched, seq_length, *, forward=None, autocast_dtype=Non
                                 enabled=autocast_dtype is not None):
                 logits, hidden = forward(x, hidden)
             nll = cross_entropy(logits, y, reduction='none')
+            del logits  # freed before the next window's forward makes its own
         totals[0] += nll.sum(dtype=dtype)
         # masked_fill, not boolean indexing, which would make the CPU wait for the GPU
         totals[1] += nll.masked_fill(y.reshape(-1) == data.SOS, 0.0).sum(dtype=dtype)
-        if keep_tokens:
-            kept.append(nll.view(y.shape).cpu())
+        if keep_tokens:  # on the device: one copy to the host at the end, not one a window
+            kept.append(nll.view(y.shape))
         on_window(k)
     targets = batched[:, 1:]
     totals[2] += targets.numel()
@@ -204,7 +206,7 @@ def token_losses(model, batched, seq_length, *, forward=None, autocast_dtype=Non
         totals = add_across(totals)
     sum_all, sum_no_sos, count_all, count_no_sos = totals.tolist()
     return TokenLosses(sum_all, sum_no_sos, int(count_all), int(count_no_sos),
-                       torch.cat(kept, 1) if keep_tokens else None)
+                       torch.cat(kept, 1).cpu() if keep_tokens else None)
 
 
 def evaluate(model, eval_data, seq_length, *, forward=None, autocast_dtype=None,

@@ -25,8 +25,10 @@ import data
 
 # A corpus whose next word is always determined: a model that learns it reaches perplexity ~1.
 PATTERN = 'one two three four five six seven eight'
+# --device cpu: the tests check CPU behaviour (bit-exact resumes, the CPU's --amp) even on a host
+# with a GPU; the CUDA path has tests of its own, marked `cuda`.
 TINY = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '1', '--batch_size', '4',
-        '--seq_length', '8', '--lr', '0.01', '--dropout', '0.1']
+        '--seq_length', '8', '--lr', '0.01', '--dropout', '0.1', '--device', 'cpu']
 
 
 def write_corpus(folder, train, valid=None, test=None):
@@ -74,6 +76,8 @@ def run_main(script, *args, **kw):
     would, without the seconds a subprocess spends importing PyTorch, and an exception that
     would be a user's traceback fails the test. Returns a CompletedProcess, as run_script
     does."""
+    if script in ('generate.py', 'score.py') and not {'--device', '--cuda'} & set(map(str, args)):
+        args = (*args, '--device', 'cpu')  # as TINY pins the trainer: CPU unless a test says
     module = importlib.import_module(script.removesuffix('.py'))
     # byte-backed, as sys.stdout is: demo_tie.py reconfigures its line buffering
     out, err = (io.TextIOWrapper(io.BytesIO(), encoding='utf-8', write_through=True)
