@@ -87,7 +87,7 @@ on_device=(--cuda)
 if [ "$device" != cuda ]; then no_cuda=""; on_device=(--device "$device"); fi
 
 note "# gpu_check.sh on $(date -u +%Y-%m-%d), $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-note "GPU: ${gpus:-none}; $(python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)' 2>&1)"
+note "GPU: ${gpus:-none}; $(python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null || echo 'PyTorch cannot be imported by python3')"
 
 data=${1:-}; [ "$data" != check ] || data=${2:-}
 penn=""
