@@ -52,9 +52,16 @@ def cpu_has_native_bfloat16():
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # PyTorch before 2.9
 
 
+def products(weight_shapes, rows):
+    """The (m, k, n) of the matrix products that weights of `weight_shapes` (out, in) make in a
+    training window of `rows` token positions: each one's forward product and its two
+    backward ones."""
+    return [shape for out, inner in weight_shapes
+            for shape in ((rows, inner, out), (rows, out, inner), (out, rows, inner))]
+
+
 def matrix_shapes(model, rows):
-    """The (m, k, n) of each matrix product of a training window of `rows` token positions
-    through `model`: every Linear and LSTM weight's forward product and its two backward ones."""
+    """products() of every Linear and LSTM weight of `model`."""
     weights = []
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -62,14 +69,12 @@ def matrix_shapes(model, rows):
         elif isinstance(module, torch.nn.LSTM):
             weights += [p.shape for name, p in module.named_parameters()
                         if name.startswith('weight_')]
-    return [shape for out, inner in weights
-            for shape in ((rows, inner, out), (rows, out, inner), (out, rows, inner))]
+    return products(weights, rows)
 
 
-# The reference model's (2x650, vocabulary 10002, batch 20 x 30 steps), for the scripts that
-# decide before they load a model.
-REFERENCE_SHAPES = [shape for out, inner in [(2600, 650)] * 4 + [(10002, 650)]
-                    for shape in ((600, inner, out), (600, out, inner), (out, 600, inner))]
+# The reference model's (2x650: four LSTM weights of 2600x650, the 10002x650 decoder; batch 20
+# x 30 steps), for the scripts that decide before they load a model.
+REFERENCE_SHAPES = products([(2600, 650)] * 4 + [(10002, 650)], 600)
 
 
 def bfloat16_speedup(shapes, seconds=0.1, max_rows=256):
@@ -140,8 +145,8 @@ def mixed_precision(device, requested, shapes=REFERENCE_SHAPES, speedup=None):
 def apply_device_flags(parser, args, cpu_amp_refusal=None):
     """What --device, --cuda (the reference's, the same as --device cuda), --threads and
     --amp say for a script that runs a trained model (generate.py, score.py): returns
-    (device, autocast dtype or None). `cpu_amp_refusal`, if
-    given, is why --amp stays off on a CPU for this script: it is printed instead."""
+    (device, autocast dtype or None). `cpu_amp_refusal`, if given, is why --amp stays off on
+    a CPU for this script: it is printed instead."""
     if args.cuda and args.device not in ('auto', 'cuda') and not args.device.startswith('cuda:'):
         parser.error(f'--cuda and --device {args.device} disagree; give one of them')
     try:
