@@ -195,6 +195,11 @@ def check_flags(parser, args, given):
     if args.schedule == 'cosine' and {'lr_factor', 'lr_patience'} & given and args.resume is None:
         parser.error('--lr_factor and --lr_patience belong to --schedule plateau; the cosine '
                      'schedule takes the learning rate from --lr down to 0 over --epochs')
+    if args.schedule == 'step' and 'lr_patience' in given and args.resume is None:
+        parser.error('--lr_patience belongs to --schedule plateau; the step schedule multiplies '
+                     'the rate by --lr_factor at the end of every epoch from --decay_start on')
+    if 'decay_start' in given and args.schedule != 'step' and args.resume is None:
+        parser.error('--decay_start belongs to --schedule step')
     if 0 < args.max_vocab < len(data.SPECIALS) + 2:
         parser.error(f'--max_vocab {args.max_vocab} leaves no room for words (the specials and '
                      '<unk> take 4 places); use 0 for no limit')

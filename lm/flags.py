@@ -168,8 +168,13 @@ FLAGS = [
          'worse than the best of the epochs before the last --nonmono ones', positive_int,
          resume='changeable', group=OPTIMISER),
     Flag('schedule', 'plateau', "plateau: the reference's (--lr_factor after --lr_patience "
-         'epochs without improvement). cosine: from --lr down to 0 over --epochs, step by step',
-         str, choices=('plateau', 'cosine'), resume='fixed', before='plateau', group=OPTIMISER),
+         'epochs without improvement). cosine: from --lr down to 0 over --epochs, step by step. '
+         "step: Zaremba's, which both papers use: --lr_factor at the end of every epoch from "
+         '--decay_start on', str, choices=('plateau', 'cosine', 'step'), resume='fixed',
+         before='plateau', group=OPTIMISER),
+    Flag('decay_start', 1, 'With --schedule step: the first epoch at whose end the rate is '
+         'multiplied by --lr_factor', positive_int, resume='changeable', before=1,
+         group=OPTIMISER, metavar='EPOCH'),
     Flag('warmup', 0.0, 'Raise the learning rate linearly from near 0 to --lr over the first '
          'EPOCHS epochs (fractions allowed), step by step, under either schedule',
          non_negative_float, resume='changeable', before=0.0, group=OPTIMISER, metavar='EPOCHS'),

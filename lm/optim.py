@@ -115,7 +115,8 @@ def scaled_lr(optimizer, scale):
             g['lr'] = lr
 
 
-def schedule_factor(start, end, epochs, schedule='plateau', warmup=0.0):
+def schedule_factor(start, end, epochs, schedule='plateau', warmup=0.0, *, lr_factor=0.5,
+                    decay_start=1):
     """The multiplier of the learning rate for a step taken from `start` to `end` epochs into
     training (fractions: window k of n in epoch e runs from e - 1 + k/n to e - 1 + (k+1)/n).
 
@@ -123,20 +124,26 @@ def schedule_factor(start, end, epochs, schedule='plateau', warmup=0.0):
                   epochs (0: none); the first step already moves
         cosine    (1 + cos(pi * start / epochs)) / 2: from 1 at the first step down towards
                   0 at the last, over the run's `epochs`
+        step      lr_factor ** (epochs ended since the end of epoch `decay_start`): Zaremba's
+                  schedule, which both papers use (epoch e runs at lr_factor ** (e - K))
         plateau   1: the plateau schedule acts on the optimizer's rate between epochs
 
     A function of the position alone, so that a resumed run takes the same steps."""
     factor = min(1.0, end / warmup) if warmup > 0 else 1.0
     if schedule == 'cosine':
         factor *= (1 + math.cos(math.pi * min(start, epochs) / epochs)) / 2
+    elif schedule == 'step':
+        factor *= lr_factor ** max(0, math.floor(start) + 1 - decay_start)
     return factor
 
 
 def window_lr_factors(windows, seq_length, epoch, epochs, schedule='plateau', warmup=0.0,
-                      by_length=False):
+                      by_length=False, **step):
     """The learning-rate multiplier of each of epoch `epoch`'s `windows` (start, length): the
-    schedule's (schedule_factor), times length / seq_length with `by_length` (variable-length
-    windows, AWD-LSTM's), so that every token weighs the same."""
+    schedule's (schedule_factor, given `step`'s lr_factor and decay_start), times
+    length / seq_length with `by_length` (variable-length windows, AWD-LSTM's), so that every
+    token weighs the same."""
     n = len(windows)
-    return [schedule_factor(epoch - 1 + k / n, epoch - 1 + (k + 1) / n, epochs, schedule, warmup)
+    return [schedule_factor(epoch - 1 + k / n, epoch - 1 + (k + 1) / n, epochs, schedule, warmup,
+                            **step)
             * (length / seq_length if by_length else 1) for k, (_, length) in enumerate(windows)]

@@ -268,7 +268,7 @@ def train_one_epoch(run, epoch, on_window=None):
     args, group = run.args, run.group
     windows = epoch_windows(args, run.streams['train'], epoch)
     lr_factors = window_lr_factors(windows, args.seq_length, epoch, args.epochs, args.schedule,
-                                   args.warmup, args.variable_bptt)
+                                   args.warmup, args.variable_bptt, **step_flags(args))
     start, seconds = EpochStart(), 0.0
     if run.position is not None:  # resuming in mid-epoch
         p, device = run.position, run.streams['train'].device
@@ -333,12 +333,19 @@ def validate(run):
 
 
 def step_schedule(run, epoch, val_loss):
-    """Step the plateau schedule on `val_loss`; the learning rates the next epoch starts at."""
+    """Step the plateau schedule on `val_loss`; the learning rates the next epoch starts at
+    (its first window's, under the schedules that are a function of the position)."""
     args = run.args
     if args.schedule == 'plateau':
         run.scheduler.step(val_loss)
-    reached = schedule_factor(epoch, epoch, args.epochs, args.schedule, args.warmup)
+    reached = schedule_factor(epoch, epoch, args.epochs, args.schedule, args.warmup,
+                              **step_flags(args))
     return [g['lr'] * reached for g in run.optimizer.param_groups]
+
+
+def step_flags(args):
+    """What --schedule step takes from the flags."""
+    return {'lr_factor': args.lr_factor, 'decay_start': args.decay_start}
 
 
 def save_best(run, epoch, val_loss):

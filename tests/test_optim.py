@@ -179,6 +179,34 @@ def test_a_cosine_run_prints_its_rate_and_resumes_bit_for_bit_from_mid_epoch(tmp
     assert states_equal(tmp_path / 'stopped' / 'model.last.pt', tmp_path / 'model.last.pt')
 
 
+def test_the_step_schedule_multiplies_the_rate_at_the_end_of_each_epoch_from_decay_start():
+    """Zaremba's small model: --lr_factor 0.5 from the end of epoch 4 on."""
+    two = [(0, 4), (4, 4)]
+    per_epoch = [window_lr_factors(two, 4, epoch=e, epochs=13, schedule='step', lr_factor=0.5,
+                                   decay_start=4) for e in range(1, 8)]
+    assert per_epoch == [[1.0] * 2] * 4 + [[0.5] * 2, [0.25] * 2, [0.125] * 2]
+
+
+def test_a_step_schedule_run_prints_its_rate_and_resumes_bit_for_bit_from_mid_epoch(tmp_path):
+    whole, resumed = run_whole_and_interrupted(tmp_path, '--optimizer', 'sgd', '--lr', '1',
+                                               '--schedule', 'step', '--decay_start', '1',
+                                               '--lr_factor', '0.5')
+    printed = [line for line in whole.stdout.splitlines() if line.startswith('current lr')]
+    assert printed == ['current lr: [0.5]', 'current lr: [0.25]']  # what the next epoch runs at
+    assert printed_test_lines(resumed) == printed_test_lines(whole)
+    assert states_equal(tmp_path / 'stopped' / 'model.last.pt', tmp_path / 'model.last.pt')
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--schedule', 'step', '--lr_patience', '3'], '--lr_patience belongs to --schedule plateau'),
+    (['--decay_start', '4'], '--decay_start belongs to --schedule step'),
+    (['--schedule', 'step', '--decay_start', '0'], '--decay_start: 0 is not a positive integer'),
+])
+def test_flags_of_another_schedule_are_refused(tmp_path, flags, message):
+    proc = run_main('demo_tie.py', '--tied', *flags, '--save_path', tmp_path / 'm.pt')
+    assert proc.returncode == 2 and message in proc.stderr and 'Traceback' not in proc.stderr
+
+
 def test_plateau_flags_are_refused_under_the_cosine_schedule(tmp_path):
     proc = run_main('demo_tie.py', '--tied', '--schedule', 'cosine', '--lr_patience', '3',
                     '--save_path', tmp_path / 'm.pt')
