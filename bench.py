@@ -178,7 +178,7 @@ def loops_to_time(args, device):
     if speedup is not None:
         amp_dtype = torch.bfloat16
     stepping = Stepping(make_optimizer(model, 1e-3, 1e-5), clip=5.0, alpha=args.alpha,
-                        beta=args.beta)
+                        beta=args.beta, proj_reg=args.proj_reg)
     tokens = batched.size(0) * (batched.size(1) - 1)
     prompt = [data.SOS] + stream[:10].tolist()
     generator = torch.Generator().manual_seed(0)
@@ -238,8 +238,8 @@ def main(argv=None):
     if args.compare_example and args.variational:
         p.error("--compare_example times the example's loop on the reference's model: "
                 'it cannot run the layer-by-layer LSTM of --variational')
-    if tied_size_problem(args.tied, args.embed_size, args.hidden_size):
-        p.error(tied_size_problem(args.tied, args.embed_size, args.hidden_size)
+    if tied_size_problem(args.tied, args.embed_size, args.hidden_size, args.projection):
+        p.error(tied_size_problem(args.tied, args.embed_size, args.hidden_size, args.projection)
                 + ' (or pass --no-tied)')
     try:
         device = pick_device(args.device)

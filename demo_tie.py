@@ -186,9 +186,11 @@ def check_flags(parser, args, given):
     fresh = args.resume is None and args.finetune is None
     if args.finetune is not None:
         check_finetune_flags(parser, args)
-    problem = tied_size_problem(args.tied, args.embed_size, args.hidden_size)
+    problem = tied_size_problem(args.tied, args.embed_size, args.hidden_size, args.projection)
     if problem and fresh:
         parser.error(problem)
+    if args.proj_reg and not args.projection and fresh:
+        parser.error('--proj_reg penalises the matrix of --projection; give --projection too')
     if args.optimizer != 'adam' and 'lr' not in given and args.resume is None:
         parser.error(f'--optimizer {args.optimizer} needs an --lr of its own: the default 0.001 '
                      "is Adam's and far too small for SGD (AWD-LSTM uses --lr 30 --clip 0.25)")

@@ -9,17 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The regularisers that are arguments of the model, with their "off" values. A checkpoint's
-# model description names those that are on (alpha and beta act on the loss only).
+# The regularisers that are arguments of the model, with their "off" values, and Press & Wolf's
+# projection, whose penalty (--proj_reg) makes their projection regularisation. A checkpoint's
+# model description names those that are on (alpha, beta and proj_reg act on the loss only).
 MODEL_REGULARIZERS = {'variational': False, 'dropouti': None, 'dropouth': None, 'dropoute': 0.0,
-                      'wdrop': 0.0}
+                      'wdrop': 0.0, 'projection': False}
 
 
-def tied_size_problem(tied, embed_size, hidden_size):
-    """Why these sizes cannot be tied ('' when they can): one matrix cannot be both."""
-    if tied and embed_size != hidden_size:
+def tied_size_problem(tied, embed_size, hidden_size, projection=False):
+    """Why these sizes cannot be tied ('' when they can): one matrix cannot be both, unless
+    a projection maps the LSTM's output to the embedding's size."""
+    if tied and embed_size != hidden_size and not projection:
         return (f'--tied needs --embed_size equal to --hidden_size '
-                f'(got {embed_size} and {hidden_size})')
+                f'(got {embed_size} and {hidden_size}), or --projection')
     return ''
 
 
@@ -36,12 +38,15 @@ class LSTMLanguageModel(nn.Module):
       dropouth     rate between LSTM layers (default: `dropout`)
       dropoute     whole words dropped from the embedding matrix
       wdrop        DropConnect on the hidden-to-hidden weights: one mask per window
+    and `projection`, a linear layer (with a bias) from the LSTM's output to `embed_size`
+    before the decoder (Press & Wolf), which lets a tied model have any two sizes.
     """
 
     def __init__(self, vocab_size, embed_size, hidden_size, num_layers, dropout, tied, *,
-                 variational=False, dropouti=None, dropouth=None, dropoute=0.0, wdrop=0.0):
+                 variational=False, dropouti=None, dropouth=None, dropoute=0.0, wdrop=0.0,
+                 projection=False):
         super().__init__()
-        problem = tied_size_problem(tied, embed_size, hidden_size)
+        problem = tied_size_problem(tied, embed_size, hidden_size, projection)
         if problem:
             raise ValueError(problem)
         self.dropouti = dropout if dropouti is None else dropouti
@@ -57,12 +62,17 @@ class LSTMLanguageModel(nn.Module):
             self.lstm = nn.LSTM(embed_size, hidden_size, num_layers, batch_first=True,
                                 dropout=self.dropouth if num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(hidden_size, vocab_size)
+        # Press & Wolf's projection P: logits = (h P + b_P) V^T + b
+        self.projection = nn.Linear(hidden_size, embed_size) if projection else None
+        self.fc = nn.Linear(embed_size if projection else hidden_size, vocab_size)
         self.num_layers, self.hidden_size, self.tied = num_layers, hidden_size, tied
         self.sparse_tied_grad = True  # see forward(); DistributedDataParallel turns it off
 
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.zeros_(self.fc.bias)
+        if projection:
+            nn.init.uniform_(self.projection.weight, -0.1, 0.1)
+            nn.init.zeros_(self.projection.bias)
         if tied:
             self.fc.weight = self.embedding.weight  # one Parameter, two uses
         else:
@@ -88,7 +98,7 @@ class LSTMLanguageModel(nn.Module):
             emb = F.dropout(emb, self.dropouti, self.training)
             output, hidden = run_lstm(self.lstm, emb, hidden, self.wdrop if self.training else 0.0)
             dropped = self.dropout(output)
-        logits = self.fc(dropped)
+        logits = self.fc(dropped if self.projection is None else self.projection(dropped))
         if with_outputs:
             return logits, hidden, output, dropped
         return logits, hidden

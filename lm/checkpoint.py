@@ -222,8 +222,12 @@ def _check_weights(path, args, state):
         raise CheckpointError(f'{path} is damaged: its weights must be floating-point tensors, '
                               f'and {odd[0]} is not')
     vocab, embed, hidden = args['vocab_size'], args['embed_size'], args['hidden_size']
-    expected = {'embedding.weight': (vocab, embed), 'fc.weight': (vocab, hidden),
+    projected = args.get('projection', False)
+    expected = {'embedding.weight': (vocab, embed), 'fc.weight': (vocab, embed if projected
+                                                                   else hidden),
                 'fc.bias': (vocab,)}
+    if projected:
+        expected['projection.weight'] = (embed, hidden)
     recurrent = [name for name in state if re.fullmatch(r'lstm\.(\d+\.)?weight_hh_l\d+', name)]
     expected.update({name: (4 * hidden, hidden) for name in recurrent})
     for name, shape in expected.items():

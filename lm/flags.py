@@ -155,6 +155,13 @@ FLAGS = [
     Flag('beta', 0.0, 'Temporal activation regularisation (TAR): weight of the mean squared '
          "change of the last layer's output from one step to the next", non_negative_float,
          resume='changeable', from_model=True, group=REGULARISERS),
+    Flag('projection', MODEL_REGULARIZERS['projection'], 'A linear layer (with a bias) from '
+         "the LSTM's output to --embed_size before the decoder (Press & Wolf's P), so that "
+         '--tied takes any sizes',
+         switch='store_true', resume='fixed', from_model=True, before=False, group=REGULARISERS),
+    Flag('proj_reg', 0.0, "Press & Wolf's projection regularisation: this times the squared "
+         "Frobenius norm of --projection's matrix, added to the loss", non_negative_float,
+         resume='changeable', from_model=True, before=0.0, group=REGULARISERS),
     Flag('variable_bptt', False, 'Windows of random length around --seq_length, drawn anew '
          'each epoch, with the learning rate scaled by length / --seq_length', switch='on/off',
          resume='layout', from_model=True, before=False, group=REGULARISERS),

@@ -52,6 +52,7 @@ class Stepping:
     scaler: object = None             # GradScaler, with float16
     alpha: float = 0.0                # AR and TAR weights (see activation_penalty)
     beta: float = 0.0
+    proj_reg: float = 0.0             # weight of the projection's squared norm (Press & Wolf)
     weight_average: object = None     # an lm.optim.WeightAverage: takes in each step's weights
     average_losses: Callable = None   # several processes: their window losses -> the batch's
 
@@ -98,6 +99,8 @@ def train_epoch(model, train_data, windows, stepping, start=EpochStart(), lr_fac
             if regularize:
                 objective = loss + activation_penalty(output, dropped, stepping.alpha,
                                                       stepping.beta)
+            if stepping.proj_reg:
+                objective = objective + stepping.proj_reg * model.projection.weight.pow(2).sum()
         take_step(model, objective, stepping, 1 if lr_factors is None else lr_factors[k])
         losses[k] = loss.detach()
         del logits, objective  # freed before the next window's forward makes its own
