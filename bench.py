@@ -178,7 +178,9 @@ def loops_to_time(args, device):
     if speedup is not None:
         amp_dtype = torch.bfloat16
     stepping = Stepping(make_optimizer(model, 1e-3, 1e-5), clip=5.0, alpha=args.alpha,
-                        beta=args.beta, proj_reg=args.proj_reg)
+                        beta=args.beta, proj_reg=args.proj_reg, al_weight=args.al_weight,
+                        al_temperature=args.al_temperature,
+                        al_through_target=args.al_through_target)
     tokens = batched.size(0) * (batched.size(1) - 1)
     prompt = [data.SOS] + stream[:10].tolist()
     generator = torch.Generator().manual_seed(0)

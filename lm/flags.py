@@ -162,6 +162,16 @@ FLAGS = [
     Flag('proj_reg', 0.0, "Press & Wolf's projection regularisation: this times the squared "
          "Frobenius norm of --projection's matrix, added to the loss", non_negative_float,
          resume='changeable', from_model=True, before=0.0, group=REGULARISERS),
+    Flag('al_weight', 0.0, "Inan et al.'s augmented loss (AL): its weight alpha; the KL "
+         'divergence from the target estimated by the input embedding to the tempered '
+         'prediction (0: off)', non_negative_float, resume='changeable', from_model=True,
+         before=0.0, group=REGULARISERS, metavar='ALPHA'),
+    Flag('al_temperature', 10.0, "The augmented loss's temperature tau", positive_float,
+         resume='changeable', from_model=True, before=10.0, group=REGULARISERS, metavar='TAU'),
+    Flag('al_through_target', False, "Let the augmented loss's gradient reach the input "
+         'embedding through the estimated target too (held constant by default)',
+         switch='store_true', resume='changeable', from_model=True, before=False,
+         group=REGULARISERS),
     Flag('variable_bptt', False, 'Windows of random length around --seq_length, drawn anew '
          'each epoch, with the learning rate scaled by length / --seq_length', switch='on/off',
          resume='layout', from_model=True, before=False, group=REGULARISERS),

@@ -53,6 +53,9 @@ class Stepping:
     alpha: float = 0.0                # AR and TAR weights (see activation_penalty)
     beta: float = 0.0
     proj_reg: float = 0.0             # weight of the projection's squared norm (Press & Wolf)
+    al_weight: float = 0.0            # Inan et al.'s augmented loss (see augmented_loss)
+    al_temperature: float = 10.0
+    al_through_target: bool = False
     weight_average: object = None     # an lm.optim.WeightAverage: takes in each step's weights
     average_losses: Callable = None   # several processes: their window losses -> the batch's
 
@@ -101,6 +104,10 @@ def train_epoch(model, train_data, windows, stepping, start=EpochStart(), lr_fac
                                                       stepping.beta)
             if stepping.proj_reg:
                 objective = objective + stepping.proj_reg * model.projection.weight.pow(2).sum()
+            if stepping.al_weight:
+                objective = objective + stepping.al_weight * augmented_loss(
+                    logits, model.fc.bias, model.embedding.weight, y, stepping.al_temperature,
+                    stepping.al_through_target)
         take_step(model, objective, stepping, 1 if lr_factors is None else lr_factors[k])
         losses[k] = loss.detach()
         del logits, objective  # freed before the next window's forward makes its own
@@ -153,6 +160,23 @@ def activation_penalty(output, dropped, alpha, beta):
     if beta:
         penalty = penalty + beta * (output[:, 1:] - output[:, :-1]).float().pow(2).mean()
     return penalty
+
+
+def augmented_loss(logits, bias, embedding, targets, tau, through_target=False):
+    """Inan et al.'s augmented loss (AL), averaged over the targets: tau x KL(y~ || y^), with
+    y^ = softmax((logits - bias) / tau), the prediction tempered without the decoder bias,
+    and y~ = softmax(L u / tau), the target estimated from the input embedding L (the rows of
+    `embedding`) by inner products with the target word's own vector u. Their gradient
+    analysis scales the term by tau, so that tau does not shrink its gradient. y~ is held
+    constant unless `through_target`: the term then pulls the prediction towards the
+    embedding's neighbourhood of the target, without also moving the embedding to fit the
+    prediction. Only (targets x vocabulary) tensors, never vocabulary x vocabulary."""
+    flat = logits.reshape(-1, logits.size(-1)).float()
+    log_predicted = F.log_softmax((flat - bias.float()) / tau, dim=-1)
+    table = embedding if through_target else embedding.detach()
+    u = table[targets.reshape(-1)]
+    log_estimated = F.log_softmax((u @ table.t()).float() / tau, dim=-1)
+    return tau * F.kl_div(log_predicted, log_estimated, log_target=True, reduction='batchmean')
 
 
 def epoch_loss(losses, windows):

@@ -149,7 +149,8 @@ def start_run(args, given, device, group, stop):
     forward, autocast_dtype, scaler = speedups(args, model, group.wrap(model), device,
                                                streams['train'].size(0), group)
     stepping = Stepping(optimizer, args.clip, forward, autocast_dtype, scaler, args.alpha,
-                        args.beta, args.proj_reg,
+                        args.beta, args.proj_reg, args.al_weight, args.al_temperature,
+                        args.al_through_target,
                         average_losses=group.mean if group.world_size > 1 else None)
     run = Run(args, group, files, corpus, streams, model, scheduler, stepping,
               evaluator=forward if group.world_size == 1 else model, run_id=uuid.uuid4().hex,

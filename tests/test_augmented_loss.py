@@ -1,0 +1,48 @@
+"""Inan et al.'s augmented loss (--al_weight, --al_temperature): the term against its formula,
+off when its weight is 0, and through the real trainer."""
+import re
+
+import pytest
+import torch
+
+from conftest import printed_test_lines, run_main, states_equal, train
+from lm.loop import augmented_loss
+
+
+def test_the_augmented_loss_and_its_gradient_are_the_formula():
+    """tau x mean KL(y~ || y^), whose gradient with respect to the logits is (y^ - y~) / N."""
+    torch.manual_seed(0)
+    n, vocab, dim, tau = 5, 7, 4, 3.0
+    logits = torch.randn(n, vocab, requires_grad=True)
+    bias, embedding = torch.randn(vocab), torch.randn(vocab, dim, requires_grad=True)
+    targets = torch.randint(0, vocab, (n,))
+    value = augmented_loss(logits, bias, embedding, targets, tau)
+    predicted = torch.softmax((logits - bias) / tau, dim=1)
+    estimated = torch.softmax(embedding[targets] @ embedding.t() / tau, dim=1)
+    direct = tau * (estimated * (estimated.log() - predicted.log())).sum(1).mean()
+    assert value.item() == pytest.approx(direct.item(), rel=1e-5)
+    value.backward()
+    assert torch.allclose(logits.grad, (predicted - estimated).detach() / n, atol=1e-6)
+    assert embedding.grad is None  # the estimated target is held constant
+    augmented_loss(logits, bias, embedding, targets, tau, through_target=True).backward()
+    assert embedding.grad is not None and embedding.grad.abs().sum() > 0
+
+
+def test_an_al_weight_of_0_trains_exactly_as_without_the_flag(tmp_path, trained):
+    proc, save = train(tmp_path, '--al_weight', '0', '--al_temperature', '3')
+    assert proc.returncode == 0, proc.stderr
+    assert printed_test_lines(proc) == printed_test_lines(trained['proc'])
+    assert states_equal(save, trained['checkpoint'])
+
+
+def test_the_augmented_loss_trains_learns_and_is_recorded(tmp_path, trained):
+    proc, save = train(tmp_path, '--al_weight', '0.5', '--al_temperature', '2')
+    assert proc.returncode == 0, proc.stderr
+    ppl = float(re.findall(r'Validation Perplexity: (\d+\.\d+)', proc.stdout)[-1])
+    assert ppl < 2.0  # the pattern corpus is learnt
+    assert not states_equal(save, trained['checkpoint'])  # the term changed the steps
+    args = torch.load(save, weights_only=True)['args']
+    assert (args['al_weight'], args['al_temperature']) == (0.5, 2.0)
+    refused = run_main('demo_tie.py', '--tied', '--al_temperature', '0', '--save_path',
+                       tmp_path / 'x.pt')
+    assert refused.returncode == 2 and '--al_temperature' in refused.stderr
