@@ -1,0 +1,152 @@
+"""How good a trained model's embedding matrices are as word embeddings, and how alike they are:
+Press & Wolf's analysis of the output embedding.
+
+    python embeddings.py --checkpoint untied.pt tied.pt       # a table
+    python embeddings.py --checkpoint tied.pt --json          # the same, for machines
+    python embeddings.py --checkpoint m.pt --pairs my_pairs.tsv
+
+An untied model has two matrices, the input embedding and the output one (the decoder's
+rows); a tied model has one. Each is scored on word-similarity benchmarks (SimLex-999 and
+WordSim-353 by default, the copies that ship with gensim) with gensim's
+`KeyedVectors.evaluate_word_pairs`: Spearman and Pearson correlations with the human ratings
+over the pairs whose two words the vocabulary has, and the share of pairs left out. Then every
+two matrices are compared: the Spearman correlation of their cosine similarities over all pairs
+of the `--agreement_words` first words of the vocabulary (the training text's order of first
+appearance). gensim is needed by this script alone: `pip install gensim`.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+import data
+from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.flags import positive_int
+
+
+def benchmark_files():
+    """gensim's copies of SimLex-999 and WordSim-353: {name: path}."""
+    from gensim.test.utils import datapath
+    return {'SimLex-999': datapath('simlex999.txt'), 'WordSim-353': datapath('wordsim353.tsv')}
+
+
+def matrices(ckpt, name):
+    """{label: (vocabulary x dimension) array} of a checkpoint: input and output when untied,
+    tied when tied. `name` labels them when several checkpoints are compared."""
+    state, tied = ckpt['model_state'], ckpt['model_args']['tied']
+    found = {'tied': state['embedding.weight']} if tied else {
+        'input': state['embedding.weight'], 'output': state['fc.weight']}
+    return {f'{label} ({name})': m.float().numpy() for label, m in found.items()}
+
+
+def keyed_vectors(vocab, matrix):
+    """The words of `vocab` (the markers left out) with their rows, as gensim's KeyedVectors."""
+    from gensim.models import KeyedVectors
+    words = [(i, w) for i, w in enumerate(vocab) if w not in data.SPECIALS]
+    vectors = KeyedVectors(vector_size=matrix.shape[1])
+    vectors.add_vectors([w for _, w in words], matrix[[i for i, _ in words]])
+    return vectors
+
+
+def similarity_scores(vocab, matrix, pair_files):
+    """{benchmark: {'spearman', 'pearson', 'oov_percent'}} of one matrix (the correlations
+    None where no pair has both its words in the vocabulary, or the file has no pairs)."""
+    vectors, scores = keyed_vectors(vocab, matrix), {}
+    for name, path in pair_files.items():
+        try:
+            pearson, spearman, oov = vectors.evaluate_word_pairs(path, case_insensitive=True)
+        except ValueError:  # gensim's word when no pair is left to score
+            scores[name] = {'spearman': None, 'pearson': None, 'oov_percent': 100.0}
+            continue
+        scores[name] = {'spearman': float(spearman[0]), 'pearson': float(pearson[0]),
+                        'oov_percent': float(oov)}
+    return scores
+
+
+def shown(value):
+    return '-' if value is None else f'{value:.3f}'
+
+
+def pair_similarities(matrix, count):
+    """The cosine similarity of every pair of the first `count` rows after the markers."""
+    rows = matrix[len(data.SPECIALS):len(data.SPECIALS) + count]
+    unit = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    upper = np.triu_indices(len(unit), k=1)
+    return (unit @ unit.T)[upper]
+
+
+def agreement(found, count):
+    """{(a, b): Spearman correlation of a's and b's pair similarities} for every two matrices."""
+    from scipy.stats import spearmanr
+    sims = {label: pair_similarities(m, count) for label, m in found.items()}
+    labels = list(sims)
+    return {(a, b): float(spearmanr(sims[a], sims[b])[0])
+            for i, a in enumerate(labels) for b in labels[i + 1:]}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--checkpoint', nargs='+', default=['best_model.pt'], metavar='PATH',
+                   help='Checkpoints whose matrices to score and compare')
+    p.add_argument('--pairs', nargs='+', metavar='FILE',
+                   help="Word-pair files ('word1<TAB>word2<TAB>rating', # comments) instead "
+                        "of gensim's SimLex-999 and WordSim-353")
+    p.add_argument('--agreement_words', type=positive_int, default=2000,
+                   help='How many words of the vocabulary the matrices are compared on')
+    p.add_argument('--json', action='store_true', help='Write the results as JSON to stdout')
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        import gensim  # noqa: F401  only this script needs it
+        import scipy  # noqa: F401
+    except ImportError:
+        print('error: embeddings.py needs gensim (and the scipy it brings): pip install gensim',
+              file=sys.stderr)
+        return 1
+    missing = [f for f in args.pairs or [] if not os.path.isfile(f)]
+    if missing:
+        parser.error(f'pair file not found: {missing[0]}')
+    pair_files = {os.path.basename(f): f for f in args.pairs} if args.pairs else benchmark_files()
+    found, vocabs = {}, {}
+    try:
+        for path in args.checkpoint:
+            ckpt = load_checkpoint(path)
+            name = os.path.splitext(os.path.basename(path))[0]
+            for label, matrix in matrices(ckpt, name).items():
+                found[label], vocabs[label] = matrix, ckpt['vocab']
+    except CheckpointError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    scores = {label: similarity_scores(vocabs[label], m, pair_files) for label, m in found.items()}
+    alike = agreement(found, args.agreement_words) if len(found) > 1 else {}
+    if args.json:
+        print(json.dumps({'similarity': scores, 'agreement': [
+            {'a': a, 'b': b, 'spearman': r} for (a, b), r in alike.items()],
+            'agreement_words': args.agreement_words}, indent=2))
+        return 0
+    names = list(pair_files)
+    print('| matrix | ' + ' | '.join(f'{n} Spearman | {n} Pearson | {n} pairs left out'
+                                     for n in names) + ' |')
+    print('| --- |' + ' --- |' * (3 * len(names)))
+    for label, s in scores.items():
+        print(f'| {label} | ' + ' | '.join(
+            f'{shown(s[n]["spearman"])} | {shown(s[n]["pearson"])} | {s[n]["oov_percent"]:.1f}%'
+            for n in names) + ' |')
+    if alike:
+        print(f'\nAgreement: Spearman correlation of the cosine similarities of all pairs of '
+              f'the first {args.agreement_words} words\n')
+        print('| matrices | Spearman |\n| --- | --- |')
+        for (a, b), r in alike.items():
+            print(f'| {a} vs {b} | {r:.3f} |')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
