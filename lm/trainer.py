@@ -304,10 +304,16 @@ def averaged(run):
     return average.in_use(run.model) if average is not None else contextlib.nullcontext()
 
 
+def resumable(run):
+    """The last checkpoint this run can go on from: the one it wrote, else the one it
+    resumed from; None where there is neither."""
+    return run.files.last if run.wrote_last else run.resumed_from
+
+
 def after_divergence(run):
     """What is on disk after a divergence, and the command that goes on from it."""
     args = run.args
-    last = run.files.last if run.wrote_last else run.resumed_from
+    last = resumable(run)
     if last is None:
         return (f'Nothing was saved; start again with a lower --lr (now {args.lr:g}) or '
                 f'--clip (now {args.clip:g}).')
@@ -327,8 +333,8 @@ def validate(run):
             run.model, valid, run.args.seq_length, forward=run.evaluator,
             autocast_dtype=run.stepping.autocast_dtype, add_across=run.group.sum,
             on_window=lambda k: progress.update())
-    if not math.isfinite(run.val_loss) or not all(
-            torch.isfinite(p).all() for p in run.model.parameters()):
+    finite = torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()
+    if not math.isfinite(run.val_loss) or not finite:  # one read from the device
         raise RunError(f'the model diverged: its validation loss is {run.val_loss} at the end '
                        f'of this epoch. {after_divergence(run)}')
     return run.val_loss, val_no_sos
@@ -443,8 +449,8 @@ def saving(run):
 def how_to_go_on(run):
     """After a failed write: the command that resumes, where a last checkpoint exists;
     otherwise how to start again without losing the best model so far."""
-    last = run.files.last if run.wrote_last else run.resumed_from or run.files.last
-    if os.path.exists(last):
+    last = resumable(run)
+    if last is not None and os.path.exists(last):
         return f'The files already on disk are unchanged; resume with: {resume_command(last)}'
     if os.path.exists(run.files.best):
         return (f'There is no last checkpoint to resume from; the best model so far is '
@@ -461,8 +467,8 @@ def stopped_status(run):
     signum = run.stop.signum or signal.SIGTERM  # another process's signal stops this one too
     if run.group.is_main:
         # Once, on standard output: the run's record, which a log of the run keeps.
-        resumable = run.files.last if run.wrote_last else run.resumed_from
-        advice = (f'Resume with: {resume_command(resumable)}' if resumable is not None
+        last = resumable(run)
+        advice = (f'Resume with: {resume_command(last)}' if last is not None
                   else 'No epoch had started, so there is nothing to resume.')
         print(f'Training stopped by {signal.Signals(signum).name}. {advice}', flush=True)
     if signum != signal.SIGINT or math.isinf(run.best_val):
