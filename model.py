@@ -122,6 +122,19 @@ class LSTMLanguageModel(nn.Module):
         return (weight.new_zeros(shape), weight.new_zeros(shape))
 
 
+def init_uniform(model, init_range):
+    """Zaremba et al.'s initialisation, as Press & Wolf's TensorFlow code has it: every
+    parameter uniform in +-init_range, except the LSTM's biases, which start at 0 (TensorFlow's
+    LSTM cell sets its own). Returns the model."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # a tied matrix is listed once
+            if name.startswith('lstm.') and name.rsplit('.', 1)[-1].startswith('bias'):
+                p.zero_()
+            else:
+                p.uniform_(-init_range, init_range)
+    return model
+
+
 def locked_dropout(x, p, training):
     """Variational dropout of x (batch, time, features): each sequence draws one mask and
     keeps it for every time step (Gal & Ghahramani 2016)."""

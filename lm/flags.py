@@ -137,6 +137,10 @@ FLAGS = [
          'faster in it at start-up', switch='store_true'),
     Flag('compile', False, 'torch.compile the model (first windows are slower while it '
          'compiles)', switch='store_true'),
+    Flag('init_range', None, "Zaremba's initialisation, as in Press & Wolf's code: every "
+         "parameter uniform in +-R, the LSTM's biases 0. Off: the embedding and decoder uniform "
+         "in +-0.1, a zero decoder bias, PyTorch's own for the LSTM", positive_float,
+         resume='fixed', before=None, metavar='R'),
     # The opt-in regularisers (AWD-LSTM's, Merity et al. 2017; lm.recipes names sets of them).
     Flag('recipe', 'reference', 'A named set of the flags below; flags given override it', str,
          choices=tuple(sorted(RECIPES)), resume='fixed', from_model=True,

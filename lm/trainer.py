@@ -69,7 +69,7 @@ from lm.resume import (
 )
 from lm.runfiles import LAST_SUFFIX, MetricsLog, RunFiles, check_lock, write_failure
 from lm.signals import StopRequest
-from model import LSTMLanguageModel, detach_hidden
+from model import LSTMLanguageModel, detach_hidden, init_uniform
 
 
 class RunError(Exception):
@@ -139,7 +139,10 @@ def start_run(args, given, device, group, stop):
         check_stored_args(source, args.finetune, flags.build_parser())
         changes = merge_finetune_args(args, given, source, args.finetune)
     corpus = read_data(args, files, group, ckpt, resume_path, source)
-    model = LSTMLanguageModel(**model_args(args, len(corpus.vocab))).to(device)
+    model = LSTMLanguageModel(**model_args(args, len(corpus.vocab)))
+    if args.init_range:
+        init_uniform(model, args.init_range)
+    model = model.to(device)
     if source is not None:
         load_weights(model, source)
     streams = {split: group.rows(data.batchify(getattr(corpus, split), args.batch_size)).to(device)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from model import LSTMLanguageModel, count_parameters
+from conftest import train
+from model import LSTMLanguageModel, count_parameters, init_uniform
 
 SEED_BLOCK = """LSTMLanguageModel(
   (embedding): Embedding(10002, 650)
@@ -55,3 +56,27 @@ def test_init_hidden_is_zeros_of_the_right_shape():
     h, c = LSTMLanguageModel(10, 8, 6, 3, 0.0, False).init_hidden(4)
     assert h.shape == c.shape == (3, 4, 6)
     assert not h.any() and not c.any()
+
+
+def test_init_range_is_uniform_everywhere_but_the_lstm_biases():
+    torch.manual_seed(0)
+    for variational in (False, True):
+        model = init_uniform(LSTMLanguageModel(500, 16, 24, 2, 0.0, False, projection=True,
+                                               variational=variational), 0.3)
+        for name, p in model.named_parameters():
+            if name.startswith('lstm.') and 'bias' in name:
+                assert not p.any(), name
+            else:  # uniform in +-0.3: every value inside, the largest near the edge
+                assert p.abs().max() <= 0.3 and p.abs().max() > 0.25, name
+
+
+def test_the_trainer_initialises_with_init_range(tmp_path):
+    """--init_range 0.3, then one epoch at a rate too small to move the weights: the model
+    saved holds the initialisation (the default's LSTM biases are not zero, its embedding
+    within +-0.1)."""
+    proc, save = train(tmp_path, '--init_range', '0.3', '--optimizer', 'sgd', '--lr', '1e-12',
+                       epochs=1)
+    assert proc.returncode == 0, proc.stderr
+    state = torch.load(save, weights_only=True)['model_state']
+    assert state['lstm.bias_ih_l0'].abs().max() < 1e-9
+    assert 0.25 < state['embedding.weight'].abs().max() <= 0.3
