@@ -3,8 +3,9 @@
 # (2x200) rows: a 2-layer LSTM with variational dropout (VD), SGD at rate 1, batch 20, 35 steps,
 # with and without their augmented loss (AL) and reused embeddings (RE, --tied).
 #
-#   bash docs/runs/papers/inan.sh grid             # tau and alpha: REAL for 6 epochs each
-#   bash docs/runs/papers/inan.sh rows TAU ALPHA   # VD, VD+AL, VD+RE, VD+REAL, 40 epochs each
+#   bash docs/runs/papers/inan.sh grid               # tau and alpha: REAL for 6 epochs each
+#   bash docs/runs/papers/inan.sh through TAU ALPHA  # the grid's run with y~ not held constant
+#   bash docs/runs/papers/inan.sh rows TAU ALPHA     # VD, VD+AL, VD+RE, VD+REAL, 40 epochs each
 #
 # One run at a time; rerun the same command to continue where it stopped. Logs and CSVs go to
 # runs/papers/ (or $OUT). What is theirs and what we chose (their dropout rate, schedule and
@@ -31,6 +32,10 @@ case "${1:-}" in
             --al_temperature "$tau" --al_weight "$alpha"
       done
     done ;;
+  through)
+    [ $# -eq 3 ] || { echo "usage: $0 through TAU ALPHA" >&2; exit 2; }
+    row "inan_grid_t${2}_a${3}_through" "${VD[@]}" --tied --epochs 6 \
+        --al_temperature "$2" --al_weight "$3" --al_through_target ;;
   rows)
     [ $# -eq 3 ] || { echo "usage: $0 rows TAU ALPHA" >&2; exit 2; }
     AL=(--al_temperature "$2" --al_weight "$3")
@@ -38,5 +43,5 @@ case "${1:-}" in
     row inan_vd_al "${VD[@]}" --epochs 40 "${AL[@]}"
     row inan_vd_re "${VD[@]}" --epochs 40 --tied
     row inan_vd_real "${VD[@]}" --epochs 40 --tied "${AL[@]}" ;;
-  *) echo "usage: $0 grid | rows TAU ALPHA" >&2; exit 2 ;;
+  *) echo "usage: $0 grid | through TAU ALPHA | rows TAU ALPHA" >&2; exit 2 ;;
 esac
