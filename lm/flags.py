@@ -172,10 +172,10 @@ FLAGS = [
          before=0.0, group=REGULARISERS, metavar='ALPHA'),
     Flag('al_temperature', 10.0, "The augmented loss's temperature tau", positive_float,
          resume='changeable', from_model=True, before=10.0, group=REGULARISERS, metavar='TAU'),
-    Flag('al_through_target', False, "Let the augmented loss's gradient reach the input "
-         'embedding through the estimated target too (held constant by default)',
-         switch='store_true', resume='changeable', from_model=True, before=False,
-         group=REGULARISERS),
+    Flag('al_through_target', True, "Let the augmented loss's gradient reach the input "
+         'embedding through the estimated target too; --no-al_through_target holds the '
+         'target constant', switch='on/off', resume='changeable', from_model=True,
+         before=False, group=REGULARISERS),
     Flag('variable_bptt', False, 'Windows of random length around --seq_length, drawn anew '
          'each epoch, with the learning rate scaled by length / --seq_length', switch='on/off',
          resume='layout', from_model=True, before=False, group=REGULARISERS),

@@ -55,7 +55,7 @@ class Stepping:
     proj_reg: float = 0.0             # weight of the projection's squared norm (Press & Wolf)
     al_weight: float = 0.0            # Inan et al.'s augmented loss (see augmented_loss)
     al_temperature: float = 10.0
-    al_through_target: bool = False
+    al_through_target: bool = True
     weight_average: object = None     # an lm.optim.WeightAverage: takes in each step's weights
     average_losses: Callable = None   # several processes: their window losses -> the batch's
 
@@ -162,15 +162,18 @@ def activation_penalty(output, dropped, alpha, beta):
     return penalty
 
 
-def augmented_loss(logits, bias, embedding, targets, tau, through_target=False):
+def augmented_loss(logits, bias, embedding, targets, tau, through_target=True):
     """Inan et al.'s augmented loss (AL), averaged over the targets: tau x KL(y~ || y^), with
     y^ = softmax((logits - bias) / tau), the prediction tempered without the decoder bias,
     and y~ = softmax(L u / tau), the target estimated from the input embedding L (the rows of
     `embedding`) by inner products with the target word's own vector u. Their gradient
-    analysis scales the term by tau, so that tau does not shrink its gradient. y~ is held
-    constant unless `through_target`: the term then pulls the prediction towards the
-    embedding's neighbourhood of the target, without also moving the embedding to fit the
-    prediction. Only (targets x vocabulary) tensors, never vocabulary x vocabulary."""
+    analysis scales the term by tau, so that tau does not shrink its gradient.
+
+    With `through_target` the gradient also reaches L through y~, which keeps L in check: y~
+    sharpens as a word's vector grows (u.u / tau), and a y~ held constant is a target that
+    recedes as the prediction chases it, so the vectors of frequent, predictable targets keep
+    growing (docs/papers.md). Only (targets x vocabulary) tensors, never vocabulary x
+    vocabulary."""
     flat = logits.reshape(-1, logits.size(-1)).float()
     log_predicted = F.log_softmax((flat - bias.float()) / tau, dim=-1)
     table = embedding if through_target else embedding.detach()

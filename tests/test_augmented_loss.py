@@ -10,22 +10,31 @@ from lm.loop import augmented_loss
 
 
 def test_the_augmented_loss_and_its_gradient_are_the_formula():
-    """tau x mean KL(y~ || y^), whose gradient with respect to the logits is (y^ - y~) / N."""
+    """tau x mean KL(y~ || y^), whose gradient with respect to the logits is (y^ - y~) / N;
+    by default the gradient reaches the embedding through y~ too, else y~ is a constant."""
     torch.manual_seed(0)
     n, vocab, dim, tau = 5, 7, 4, 3.0
-    logits = torch.randn(n, vocab, requires_grad=True)
-    bias, embedding = torch.randn(vocab), torch.randn(vocab, dim, requires_grad=True)
-    targets = torch.randint(0, vocab, (n,))
-    value = augmented_loss(logits, bias, embedding, targets, tau)
-    predicted = torch.softmax((logits - bias) / tau, dim=1)
-    estimated = torch.softmax(embedding[targets] @ embedding.t() / tau, dim=1)
-    direct = tau * (estimated * (estimated.log() - predicted.log())).sum(1).mean()
-    assert value.item() == pytest.approx(direct.item(), rel=1e-5)
-    value.backward()
-    assert torch.allclose(logits.grad, (predicted - estimated).detach() / n, atol=1e-6)
-    assert embedding.grad is None  # the estimated target is held constant
-    augmented_loss(logits, bias, embedding, targets, tau, through_target=True).backward()
-    assert embedding.grad is not None and embedding.grad.abs().sum() > 0
+    bias, targets = torch.randn(vocab), torch.randint(0, vocab, (n,))
+    logits, embedding = torch.randn(n, vocab), torch.randn(vocab, dim)
+
+    def direct(logits, embedding):
+        predicted = torch.softmax((logits - bias) / tau, dim=1)
+        estimated = torch.softmax(embedding[targets] @ embedding.t() / tau, dim=1)
+        return tau * (estimated * (estimated.log() - predicted.log())).sum(1).mean()
+
+    expected_logits, expected_embedding = torch.autograd.functional.jacobian(
+        direct, (logits, embedding))
+    for through in (True, False):
+        z, table = logits.clone().requires_grad_(), embedding.clone().requires_grad_()
+        call = {} if through else {'through_target': False}  # through by default
+        value = augmented_loss(z, bias, table, targets, tau, **call)
+        assert value.item() == pytest.approx(direct(logits, embedding).item(), rel=1e-5)
+        value.backward()
+        assert torch.allclose(z.grad, expected_logits, atol=1e-6)
+        if through:
+            assert torch.allclose(table.grad, expected_embedding, atol=1e-6)
+        else:
+            assert table.grad is None
 
 
 def test_an_al_weight_of_0_trains_exactly_as_without_the_flag(tmp_path, trained):
@@ -43,6 +52,7 @@ def test_the_augmented_loss_trains_learns_and_is_recorded(tmp_path, trained):
     assert not states_equal(save, trained['checkpoint'])  # the term changed the steps
     args = torch.load(save, weights_only=True)['args']
     assert (args['al_weight'], args['al_temperature']) == (0.5, 2.0)
+    assert args['al_through_target']  # y~ passes the gradient unless told not to
     refused = run_main('demo_tie.py', '--tied', '--al_temperature', '0', '--save_path',
                        tmp_path / 'x.pt')
     assert refused.returncode == 2 and '--al_temperature' in refused.stderr

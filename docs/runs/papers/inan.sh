@@ -3,9 +3,9 @@
 # (2x200) rows: a 2-layer LSTM with variational dropout (VD), SGD at rate 1, batch 20, 35 steps,
 # with and without their augmented loss (AL) and reused embeddings (RE, --tied).
 #
-#   bash docs/runs/papers/inan.sh grid               # tau and alpha: REAL for 6 epochs each
-#   bash docs/runs/papers/inan.sh through TAU ALPHA  # the grid's run with y~ not held constant
-#   bash docs/runs/papers/inan.sh rows TAU ALPHA     # VD, VD+AL, VD+RE, VD+REAL, 40 epochs each
+#   bash docs/runs/papers/inan.sh grid            # tau and alpha: REAL for 6 epochs each
+#   bash docs/runs/papers/inan.sh held            # grid points with y~ held constant (breaks down)
+#   bash docs/runs/papers/inan.sh rows TAU ALPHA  # VD, VD+AL, VD+RE, VD+REAL, 40 epochs each
 #
 # One run at a time; rerun the same command to continue where it stopped. Logs and CSVs go to
 # runs/papers/ (or $OUT). What is theirs and what we chose (their dropout rate, schedule and
@@ -26,16 +26,18 @@ VD=(--embed_size 200 --hidden_size 200 --num_layers 2 --variational --dropout 0.
 case "${1:-}" in
   grid)
     row inan_grid_re "${VD[@]}" --tied --epochs 6
-    for tau in 20 10 5; do  # the mildest first: at small tau the term slows early training most
-      for alpha in 0.5 1; do
-        row "inan_grid_t${tau}_a${alpha}" "${VD[@]}" --tied --epochs 6 \
-            --al_temperature "$tau" --al_weight "$alpha"
-      done
+    # The most promising first, so that a grid stopped early has them.
+    for point in 20,0.5 10,0.5 20,1 10,1 5,0.5 5,1; do
+      tau=${point%,*} alpha=${point#*,}
+      row "inan_grid_t${tau}_a${alpha}" "${VD[@]}" --tied --epochs 6 \
+          --al_temperature "$tau" --al_weight "$alpha"
     done ;;
-  through)
-    [ $# -eq 3 ] || { echo "usage: $0 through TAU ALPHA" >&2; exit 2; }
-    row "inan_grid_t${2}_a${3}_through" "${VD[@]}" --tied --epochs 6 \
-        --al_temperature "$2" --al_weight "$3" --al_through_target ;;
+  held)
+    for point in 20,0.5 20,1 5,0.5; do
+      tau=${point%,*} alpha=${point#*,}
+      row "inan_grid_t${tau}_a${alpha}_held" "${VD[@]}" --tied --epochs 6 \
+          --al_temperature "$tau" --al_weight "$alpha" --no-al_through_target
+    done ;;
   rows)
     [ $# -eq 3 ] || { echo "usage: $0 rows TAU ALPHA" >&2; exit 2; }
     AL=(--al_temperature "$2" --al_weight "$3")
@@ -43,5 +45,5 @@ case "${1:-}" in
     row inan_vd_al "${VD[@]}" --epochs 40 "${AL[@]}"
     row inan_vd_re "${VD[@]}" --epochs 40 --tied
     row inan_vd_real "${VD[@]}" --epochs 40 --tied "${AL[@]}" ;;
-  *) echo "usage: $0 grid | through TAU ALPHA | rows TAU ALPHA" >&2; exit 2 ;;
+  *) echo "usage: $0 grid | held | rows TAU ALPHA" >&2; exit 2 ;;
 esac
