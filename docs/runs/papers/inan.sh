@@ -27,7 +27,7 @@ case "${1:-}" in
   grid)
     row inan_grid_re "${VD[@]}" --tied --epochs 6
     # The most promising first, so that a grid stopped early has them.
-    for point in 20,0.5 10,0.5 20,1 10,1 5,0.5 5,1; do
+    for point in 20,0.5 10,0.5 20,1 10,1 5,0.5 20,2 5,1; do
       tau=${point%,*} alpha=${point#*,}
       row "inan_grid_t${tau}_a${alpha}" "${VD[@]}" --tied --epochs 6 \
           --al_temperature "$tau" --al_weight "$alpha"
