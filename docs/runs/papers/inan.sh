@@ -5,7 +5,7 @@
 #
 #   bash docs/runs/papers/inan.sh grid            # tau and alpha: REAL for 6 epochs each
 #   bash docs/runs/papers/inan.sh held            # grid points with y~ held constant (breaks down)
-#   bash docs/runs/papers/inan.sh rows TAU ALPHA  # VD, VD+AL, VD+RE, VD+REAL, 40 epochs each
+#   bash docs/runs/papers/inan.sh rows TAU ALPHA  # VD, VD+RE, VD+REAL, VD+AL, 40 epochs each
 #
 # One run at a time; rerun the same command to continue where it stopped. Logs and CSVs go to
 # runs/papers/ (or $OUT). What is theirs and what we chose (their dropout rate, schedule and
@@ -41,9 +41,10 @@ case "${1:-}" in
   rows)
     [ $# -eq 3 ] || { echo "usage: $0 rows TAU ALPHA" >&2; exit 2; }
     AL=(--al_temperature "$2" --al_weight "$3")
+    # The two rows without AL first: they take half as long, and they answer RE < VD.
     row inan_vd "${VD[@]}" --epochs 40
-    row inan_vd_al "${VD[@]}" --epochs 40 "${AL[@]}"
     row inan_vd_re "${VD[@]}" --epochs 40 --tied
-    row inan_vd_real "${VD[@]}" --epochs 40 --tied "${AL[@]}" ;;
+    row inan_vd_real "${VD[@]}" --epochs 40 --tied "${AL[@]}"
+    row inan_vd_al "${VD[@]}" --epochs 40 "${AL[@]}" ;;
   *) echo "usage: $0 grid | held | rows TAU ALPHA" >&2; exit 2 ;;
 esac
