@@ -177,7 +177,9 @@ def augmented_loss(logits, bias, embedding, targets, tau, through_target=True):
     flat = logits.reshape(-1, logits.size(-1)).float()
     log_predicted = F.log_softmax((flat - bias.float()) / tau, dim=-1)
     table = embedding if through_target else embedding.detach()
-    u = table[targets.reshape(-1)]
+    # A lookup, not table[targets]: indexing's gradient is summed by atomic adds from several
+    # CPU threads in any order, and runs with AL would not repeat bit for bit.
+    u = F.embedding(targets.reshape(-1), table)
     log_estimated = F.log_softmax((u @ table.t()).float() / tau, dim=-1)
     return tau * F.kl_div(log_predicted, log_estimated, log_target=True, reduction='batchmean')
 

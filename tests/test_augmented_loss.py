@@ -56,3 +56,24 @@ def test_the_augmented_loss_trains_learns_and_is_recorded(tmp_path, trained):
     refused = run_main('demo_tie.py', '--tied', '--al_temperature', '0', '--save_path',
                        tmp_path / 'x.pt')
     assert refused.returncode == 2 and '--al_temperature' in refused.stderr
+
+
+def test_the_augmented_loss_gradient_repeats_bit_for_bit_on_two_threads():
+    """Runs with AL repeat exactly: the gradient that reaches the embedding through the target
+    sums in the same order every time. Many targets of one word, so that two threads adding
+    into one row in any order would show."""
+    torch.manual_seed(0)
+    n, vocab, dim, tau = 4096, 8, 32, 2.0
+    logits, bias, embedding = torch.randn(n, vocab), torch.randn(vocab), torch.randn(vocab, dim)
+    targets = torch.zeros(n, dtype=torch.long)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(20):
+            table = embedding.clone().requires_grad_()
+            augmented_loss(logits, bias, table, targets, tau).backward()
+            grads.append(table.grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], grad) for grad in grads[1:])
