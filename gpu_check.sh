@@ -11,40 +11,78 @@
 # figure goes into one file, docs/runs/gpu/GPU-NAME.txt (no-cuda.txt on a machine without a
 # GPU, where each CUDA step is listed as not run), copied to $OUT when the device tool runs it.
 #
-# The long runs, one job each (logs in $OUT or ./gpu_check/):
+# The long runs, one job each: the log in $OUT (or ./gpu_check/), the checkpoints in a folder
+# of their own, $CHECKPOINTS (default ./gpu_check/checkpoints/), which nothing here deletes.
+# Run a mode again to go on from its last checkpoint (after Ctrl-C, a lost machine, or with
+# a larger EPOCHS); the trainer's exit status is the script's.
 #   bash gpu_check.sh ref40        # the reference run, all 40 epochs, float32
 #   bash gpu_check.sh regularized  # the same with --recipe regularized
 #   bash gpu_check.sh ntasgd       # the regularized recipe with AWD-LSTM's NT-ASGD
 #   bash gpu_check.sh cosine       # the regularized recipe with Adam, warm-up and cosine
 #   bash gpu_check.sh untied       # the reference run untied, all 40 epochs
 #   bash gpu_check.sh finish PATH  # finishing phases from the regularized run's best model at
-#                                  # PATH: Adam at a quarter of the rate, and NT-ASGD's
-#                                  # finetune, EPOCHS (default 10) each
+#                                  # PATH (gpu_check/checkpoints/regularized.pt): Adam at a
+#                                  # quarter of the rate, and NT-ASGD's finetune, EPOCHS
+#                                  # (default 10) each
+# DEVICE (default cuda), SIZE (more trainer flags: a tiny model, another --data_dir) and
+# EPOCHS (default 40) apply to every mode.
 set -uo pipefail
 cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1
 out=${OUT:-gpu_check}
-mkdir -p "$out"
+checkpoints=${CHECKPOINTS:-gpu_check/checkpoints}
 
-full_run() {  # name, flags...: a whole run, keeping its log, stderr tail and CSV
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+full_run() {  # name, flags...: a whole run (continued, where its last checkpoint exists),
+  # keeping its log and the tail of its stderr. tee -i and the trap keep the log's writers
+  # alive through Ctrl-C, so that the trainer can save, print its resume line and test.
   local name=$1; shift
-  python3 demo_tie.py --device "${DEVICE:-cuda}" ${SIZE:-} --epochs ${EPOCHS:-40} "$@" \
-      --save_path "$out/$name.pt" 2> >(tail -c 20000 > "$out/$name.err") | tee "$out/$name.log"
-  rm -f "$out/$name.pt" "$out/$name.last.pt" "$out/$name.lock"  # the device tool returns 8 files
+  local flags=("$@")
+  if [ -f "$checkpoints/$name.last.pt" ]; then  # a stopped fine-tuning run resumes without
+    flags=(--resume)                             # its --finetune PATH
+    while [ $# -gt 0 ]; do
+      if [ "$1" = --finetune ]; then shift 2; else flags+=("$1"); shift; fi
+    done
+  fi
+  mkdir -p "$checkpoints"
+  python3 demo_tie.py --device "${DEVICE:-cuda}" ${SIZE:-} --epochs ${EPOCHS:-40} "${flags[@]}" \
+      --save_path "$checkpoints/$name.pt" \
+      2> >(trap '' INT TERM; tee /dev/stderr | tail -c 20000 > "$out/$name.err") |
+      tee -i -a "$out/$name.log"
 }
-case "${1:-check}" in
+mode=${1:-check}
+case "$mode" in
+  -h|--help) usage; exit 0 ;;
+  ref40|regularized|ntasgd|cosine|untied|finish) mkdir -p "$out" ;;
+  check) ;;
+  *) if [ ! -e "$mode" ]; then  # not a mode, nor the DATA of the check
+       echo "gpu_check.sh: unknown mode '$mode' (and no such DATA file or folder)" >&2
+       usage >&2; exit 2
+     fi ;;
+esac
+case "$mode" in
   ref40) full_run ref40 --tied; exit ;;
   regularized) full_run regularized --tied --recipe regularized; exit ;;
   ntasgd) full_run ntasgd --tied --recipe regularized --optimizer ntasgd --lr 30 --clip 0.25; exit ;;
   cosine) full_run cosine --tied --recipe regularized --schedule cosine --warmup 1; exit ;;
   untied) full_run untied; exit ;;
   finish)
-    source=${2:?gpu_check.sh finish needs the path of the regularized run\'s best model}
+    source=${2:-}
+    if [ ! -f "$source" ]; then
+      echo "gpu_check.sh finish needs the path of the regularized run's best model" \
+           "($checkpoints/regularized.pt after 'bash gpu_check.sh regularized')" >&2
+      exit 2
+    fi
     EPOCHS=${EPOCHS:-10} full_run finish_adam --finetune "$source" --lr 0.00025
+    adam=$?
     EPOCHS=${EPOCHS:-10} full_run finish_ntasgd --finetune "$source" --optimizer ntasgd \
         --lr 30 --clip 0.25
-    exit ;;
+    ntasgd=$?
+    [ "$adam" -eq 0 ] || exit "$adam"
+    exit "$ntasgd" ;;
 esac
+mkdir -p "$out"
 
 # ---------------------------------------------------------------------------- the check
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || true)

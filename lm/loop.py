@@ -108,9 +108,12 @@ def train_epoch(model, train_data, windows, stepping, start=EpochStart(), lr_fac
                 objective = objective + stepping.al_weight * augmented_loss(
                     logits, model.fc.bias, model.embedding.weight, y, stepping.al_temperature,
                     stepping.al_through_target)
+        # The graph keeps the log-probabilities it needs, not the logits: dropped here, they
+        # are freed before backward makes the gradient, which lowers the peak by a logits' size.
+        del logits
         take_step(model, objective, stepping, 1 if lr_factors is None else lr_factors[k])
         losses[k] = loss.detach()
-        del logits, objective  # freed before the next window's forward makes its own
+        del objective  # freed before the next window's forward makes its own
 
         stopping = should_stop()
         running_loss = None
