@@ -32,6 +32,7 @@ from generate import sample
 from lm import flags
 from lm.checkpoint import model_args
 from lm.device import (
+    DeviceUnavailable,
     amp_needs_measuring,
     apply_threads,
     bfloat16_speedup,
@@ -245,6 +246,9 @@ def main(argv=None):
                 + ' (or pass --no-tied)')
     try:
         device = pick_device(args.device)
+    except DeviceUnavailable as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(1) from None
     except ValueError as e:
         p.error(str(e))
     if args.json:  # fail now, not after the whole benchmark

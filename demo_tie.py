@@ -25,6 +25,7 @@ import data
 from lm import flags, trainer
 from lm.checkpoint import CheckpointError, build_model, check_stored_args, load_checkpoint
 from lm.device import (
+    DeviceUnavailable,
     allocation_failure,
     apply_threads,
     escape_what_output_cannot_encode,
@@ -191,6 +192,9 @@ def check_flags(parser, args, given):
         parser.error(problem)
     if args.proj_reg and not args.projection and fresh:
         parser.error('--proj_reg penalises the matrix of --projection; give --projection too')
+    if args.schedule == 'step' and args.decay_start > args.epochs and args.resume is None:
+        parser.error(f'--decay_start {args.decay_start} is after the last epoch (--epochs '
+                     f'{args.epochs}): the rate would never decay')
     if args.optimizer != 'adam' and 'lr' not in given and args.resume is None:
         parser.error(f'--optimizer {args.optimizer} needs an --lr of its own: the default 0.001 '
                      "is Adam's and far too small for SGD (AWD-LSTM uses --lr 30 --clip 0.25)")
@@ -213,6 +217,9 @@ def check_finetune_flags(parser, args):
                      'a run: a stopped fine-tuning run resumes without --finetune')
     if args.eval_only:
         parser.error('--finetune trains; --eval_only evaluates the model at --save_path')
+    if args.init_range is not None:
+        parser.error('--init_range initialises a new model; --finetune starts from the trained '
+                     "model's weights")
     try:
         files = RunFiles.beside(args.save_path)
     except SavePathError:
@@ -247,6 +254,9 @@ def main(argv=None, on_window=None):
     escape_what_output_cannot_encode()
     try:
         group, device = setup_processes(args.device)
+    except DeviceUnavailable as e:  # not a usage mistake: one line, no usage
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     except ValueError as e:
         parser.error(str(e))
     if args.resume is None and args.finetune is None and not args.eval_only:

@@ -73,13 +73,39 @@ def write_atomically(path, write):
         raise
 
 
+class _KeepsWriteErrors:
+    """The file torch.save writes to, keeping the OSError of a write that failed: PyTorch's
+    zip writer turns it into a RuntimeError without its errno (EFBIG under ulimit -f, ENOSPC
+    on a full disk), which write_failure needs to say what to change."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, chunk):
+        try:
+            return self.f.write(chunk)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
 def save_checkpoint(obj, path):
     """Write `obj` to `path` atomically (see write_atomically). Every failure is raised as an
-    OSError naming `path` (torch.save reports a full disk as a RuntimeError from its zip
-    writer)."""
+    OSError naming `path`, with the errno of the write that failed where there was one."""
+    writer = None
+
+    def save(f):
+        nonlocal writer
+        writer = _KeepsWriteErrors(f)
+        torch.save(obj, writer)
     try:
-        write_atomically(path, lambda f: torch.save(obj, f))
+        write_atomically(path, save)
     except RuntimeError as e:
+        if writer is not None and writer.error is not None:
+            raise OSError(writer.error.errno, writer.error.strerror, path) from None
         raise OSError(errno.EIO, f'write failed ({str(e).splitlines()[0][:120]}); is the disk '
                                  'full?', path) from None
     except OSError as e:

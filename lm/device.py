@@ -12,8 +12,14 @@ import time
 import torch
 
 
+class DeviceUnavailable(ValueError):
+    """A device that exists in PyTorch's names but not on this machine: not a usage mistake,
+    so the scripts say it in one line rather than with their usage."""
+
+
 def pick_device(name='auto'):
-    """'auto' takes cuda, then mps, then cpu; any other name must be available."""
+    """'auto' takes cuda, then mps, then cpu; any other name must be available (else
+    DeviceUnavailable; a name PyTorch does not know is a ValueError)."""
     if name == 'auto':
         if torch.cuda.is_available():
             return torch.device('cuda')
@@ -25,15 +31,15 @@ def pick_device(name='auto'):
     except RuntimeError:
         raise ValueError(f'unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)') from None
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {name} asked for, but CUDA is not available here')
+        raise DeviceUnavailable(f'device {name} asked for, but CUDA is not available here')
     if device.type == 'cuda' and device.index is not None:
         count = torch.cuda.device_count()
         if device.index >= count:
-            raise ValueError(f'device {name} asked for, but this machine has {count} CUDA '
-                             f'device(s): cuda:0 to cuda:{count - 1}')
+            raise DeviceUnavailable(f'device {name} asked for, but this machine has {count} '
+                                    f'CUDA device(s): cuda:0 to cuda:{count - 1}')
         torch.cuda.set_device(device)  # so that nothing opens a context on cuda:0 meanwhile
     if device.type == 'mps' and not torch.backends.mps.is_available():
-        raise ValueError('device mps asked for, but MPS is not available here')
+        raise DeviceUnavailable('device mps asked for, but MPS is not available here')
     return device
 
 
@@ -151,6 +157,9 @@ def apply_device_flags(parser, args, cpu_amp_refusal=None):
         parser.error(f'--cuda and --device {args.device} disagree; give one of them')
     try:
         device = pick_device('cuda' if args.cuda and args.device == 'auto' else args.device)
+    except DeviceUnavailable as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(1) from None
     except ValueError as e:
         parser.error(str(e))
     apply_threads(args.threads)

@@ -12,8 +12,15 @@ import math
 import sys
 from dataclasses import dataclass
 
+import torch
+
 from lm.recipes import RECIPES
 from model import MODEL_REGULARIZERS
+
+# A float flag's value goes into float32 tensors: beyond this range it becomes inf or 0 there,
+# and the run can only diverge (--al_weight 1e300, --al_temperature 1e-300).
+FLOAT32_MAX, FLOAT32_TINY = float(torch.finfo(torch.float32).max), \
+    float(torch.finfo(torch.float32).tiny)
 
 
 def checked_number(kind, ok, what):
@@ -24,6 +31,10 @@ def checked_number(kind, ok, what):
             raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
         if not (ok(value) and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f'{text} is not {what}')
+        if kind is float and value and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+            raise argparse.ArgumentTypeError(
+                f'{text} is beyond float32, the precision the model computes in '
+                f'(from {FLOAT32_TINY:.1e} to {FLOAT32_MAX:.1e})')
         return value
     return parse
 
@@ -34,6 +45,8 @@ positive_float = checked_number(float, lambda v: v > 0, 'a number > 0')
 non_negative_float = checked_number(float, lambda v: v >= 0, 'a number >= 0')
 probability = checked_number(float, lambda v: 0 <= v < 1, 'a probability in [0, 1)')
 factor = checked_number(float, lambda v: 0 < v < 1, 'a factor in (0, 1)')
+# Zaremba's and Press & Wolf's ranges are 0.04 to 0.1; past 1 the LSTM starts saturated
+init_scale = checked_number(float, lambda v: 0 < v <= 1, 'a range in (0, 1]')
 # torch.manual_seed takes at most 64 bits; numpy's seed is taken modulo 2**32.
 seed_value = checked_number(int, lambda v: 0 <= v < 2**63, 'a seed in [0, 2**63)')
 
@@ -139,7 +152,7 @@ FLAGS = [
          'compiles)', switch='store_true'),
     Flag('init_range', None, "Zaremba's initialisation, as in Press & Wolf's code: every "
          "parameter uniform in +-R, the LSTM's biases 0. Off: the embedding and decoder uniform "
-         "in +-0.1, a zero decoder bias, PyTorch's own for the LSTM", positive_float,
+         "in +-0.1, a zero decoder bias, PyTorch's own for the LSTM", init_scale,
          resume='fixed', before=None, metavar='R'),
     # The opt-in regularisers (AWD-LSTM's, Merity et al. 2017; lm.recipes names sets of them).
     Flag('recipe', 'reference', 'A named set of the flags below; flags given override it', str,

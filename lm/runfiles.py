@@ -160,8 +160,13 @@ def hold_lock(files):
     dies, even by kill -9, so a lock file left behind holds nothing."""
     if fcntl is None:
         return
+    if os.path.islink(files.lock):  # O_NOFOLLOW below refuses it too, with a vaguer errno
+        raise LockError(f'{files.lock} is a symbolic link, and the run would write its lock '
+                        'through it into the file it points to; remove the link, or use '
+                        'another --save_path')
     try:
-        handle = open(files.lock, 'a+')  # noqa: SIM115  held open while the run lives
+        fd = os.open(files.lock, os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0), 0o666)
+        handle = os.fdopen(fd, 'r+')  # held open while the run lives
     except OSError as e:
         raise LockError(f'cannot write {files.lock}: {e.strerror or e}') from None
     try:

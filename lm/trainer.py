@@ -138,6 +138,9 @@ def start_run(args, given, device, group, stop):
         source = load_checkpoint(args.finetune)
         check_stored_args(source, args.finetune, flags.build_parser())
         changes = merge_finetune_args(args, given, source, args.finetune)
+    if args.proj_reg and not args.projection:  # on resume and --finetune: the model's own
+        raise RunError(f'--proj_reg penalises the matrix of --projection, and the model of '
+                       f'{resume_path or args.finetune} has none; leave --proj_reg out')
     corpus = read_data(args, files, group, ckpt, resume_path, source)
     model = LSTMLanguageModel(**model_args(args, len(corpus.vocab)))
     if args.init_range:
@@ -314,15 +317,32 @@ def resumable(run):
 
 
 def after_divergence(run):
-    """What is on disk after a divergence, and the command that goes on from it."""
+    """What is on disk after a divergence, and the command that goes on from it; the flags
+    beyond --lr and --clip that can make a run diverge are named where this run set them."""
     args = run.args
     last = resumable(run)
+    others = divergent_flags(args)
+    also = (f' This run also has {others}, which can make the loss diverge whatever the rate: '
+            'where a lower --lr does not help, change those.' if others else '')
     if last is None:
         return (f'Nothing was saved; start again with a lower --lr (now {args.lr:g}) or '
-                f'--clip (now {args.clip:g}).')
+                f'--clip (now {args.clip:g}).{also}')
     return (f'The files on disk are unchanged; resume from the last checkpoint with a lower '
             f'--lr (now {args.lr:g}), or --clip (now {args.clip:g}): '
-            f'{resume_command(last, lr=args.lr / 2)}')
+            f'{resume_command(last, lr=args.lr / 2)}.{also}')
+
+
+def divergent_flags(args):
+    """The flags besides --lr and --clip set in this run that scale the loss or the weights
+    (a large --al_weight or --init_range, an extreme --al_temperature), as 'and'-joined
+    text; '' where none is set."""
+    named = []
+    if args.al_weight:
+        named.append(f'--al_weight {args.al_weight:g} --al_temperature {args.al_temperature:g}')
+    for name in ('proj_reg', 'alpha', 'beta', 'init_range'):
+        if getattr(args, name):
+            named.append(f'--{name} {getattr(args, name):g}')
+    return ' and '.join(named)
 
 
 def validate(run):
@@ -337,8 +357,10 @@ def validate(run):
             autocast_dtype=run.stepping.autocast_dtype, add_across=run.group.sum,
             on_window=lambda k: progress.update())
     finite = torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()
-    if not math.isfinite(run.val_loss) or not finite:  # one read from the device
-        raise RunError(f'the model diverged: its validation loss is {run.val_loss} at the end '
+    # A loss whose perplexity overflows (9.9e30 after --lr 1e30) is a ruined model too: saved,
+    # it would become the checkpoint that every later advice resumes from.
+    if not math.isfinite(perplexity(run.val_loss)) or not finite:  # one read from the device
+        raise RunError(f'the model diverged: its validation loss is {run.val_loss:g} at the end '
                        f'of this epoch. {after_divergence(run)}')
     return run.val_loss, val_no_sos
 

@@ -81,6 +81,8 @@ def test_a_stopped_finetuning_run_is_told_to_resume_without_finetune(source):
     (['--resume'], '--finetune starts a new run from a trained model and --resume continues'),
     (['--save_path', 'SOURCE'], 'is a file of this run\'s --save_path'),
     (['--finetune', 'missing.pt'], 'checkpoint not found: missing.pt'),
+    (['--init_range', '0.1'], '--init_range initialises a new model'),  # it would do nothing
+    (['--proj_reg', '0.1'], '--proj_reg penalises the matrix of --projection, and the model of'),
 ])
 def test_finetuning_flags_that_cannot_work_are_refused_in_one_line(trained, tmp_path, flags,
                                                                    message, monkeypatch):

@@ -62,7 +62,12 @@ def test_help_shows_the_reference_defaults():
                                         ('--epochs', '0'), ('--embed_size', 'x'),
                                         ('--dropout', '1'), ('--dropout', '-0.1'),
                                         ('--lr', '0'), ('--lr', 'nan'), ('--clip', '-1'),
-                                        ('--lr_factor', '1.5'), ('--device', 'tpu')])
+                                        ('--lr_factor', '1.5'), ('--device', 'tpu'),
+                                        # what float32 cannot hold, or a range that can only
+                                        # diverge
+                                        ('--init_range', '1e300'), ('--init_range', '2'),
+                                        ('--al_weight', '1e300'), ('--al_temperature', '1e-300'),
+                                        ('--al_temperature', '1e308'), ('--lr', '1e39')])
 def test_bad_flag_values_are_usage_errors(flag, value, tmp_path):
     proc = run_main('demo_tie.py', flag, value, '--data_dir', tmp_path)
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
@@ -80,6 +85,13 @@ def test_threads_flag_and_defaults_in_help(script):
 def test_a_huge_seed_is_refused_by_argparse(script):
     proc = run_main(script, '--seed', '99999999999999999999999')
     assert proc.returncode == 2 and 'argument --seed' in proc.stderr
+
+
+def test_a_decay_that_would_start_after_the_last_epoch_is_refused(tmp_path):
+    proc = run_main('demo_tie.py', '--schedule', 'step', '--decay_start', '6', '--epochs', '5',
+                    '--data_dir', tmp_path)
+    assert proc.returncode == 2
+    assert '--decay_start 6 is after the last epoch (--epochs 5)' in proc.stderr
 
 
 def test_tied_with_different_sizes_is_refused(tmp_path):

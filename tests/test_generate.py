@@ -175,14 +175,24 @@ def test_a_tiny_temperature_samples_the_likeliest_word(trained):
 
 
 @pytest.mark.parametrize('script', ['generate.py', 'score.py'])
-@pytest.mark.parametrize('flags, message', [
-    (['--cuda', '--device', 'cpu'], '--cuda and --device cpu disagree'),
-    (['--device', 'cuda:7'], 'device cuda:7 asked for, but'),
+@pytest.mark.parametrize('flags, message, status', [
+    (['--cuda', '--device', 'cpu'], '--cuda and --device cpu disagree', 2),
+    (['--device', 'cuda:7'], 'error: device cuda:7 asked for, but', 1),
 ])
-def test_device_flags_that_cannot_hold_get_one_line(trained, script, flags, message):
-    """--cuda is the reference's flag for both scripts; a device that is not there, or two
-    flags that disagree, end with a usage line before the checkpoint is read."""
+def test_device_flags_that_cannot_hold_get_one_line(trained, script, flags, message, status):
+    """--cuda is the reference's flag for both scripts. Two flags that disagree are a usage
+    mistake (usage, status 2); a device that is not there is not: one line, status 1. Both
+    before the checkpoint is read."""
     text = [] if script == 'generate.py' else [trained['corpus'] / 'test.txt']
     proc = run_main(script, '--checkpoint', trained['checkpoint'], *flags, *text)
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert proc.returncode == status and 'Traceback' not in proc.stderr
     assert message in proc.stderr.splitlines()[-1]
+    assert ('usage:' in proc.stderr) == (status == 2)
+
+
+@pytest.mark.parametrize('script', ['demo_tie.py', 'bench.py'])
+def test_a_missing_device_is_one_line_without_the_usage_in_training_and_bench(script):
+    proc = run_main(script, '--device', 'cuda:7')
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith('error: device cuda:7 asked for, but')
+    assert proc.stderr.count('\n') == 1

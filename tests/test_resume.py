@@ -13,6 +13,7 @@ from conftest import (
     pattern_corpus,
     printed_test_lines,
     run_main,
+    snapshot,
     states_equal,
     train,
 )
@@ -97,6 +98,17 @@ def test_a_contradicting_model_flag_is_refused_with_a_hint_in_valid_syntax(tmp_p
                     tmp_path / 'model.pt', '--num_layers', 2, '--resume')
     assert proc.returncode == 1
     assert 'made with --num_layers 1;' in proc.stderr and 'True' not in proc.stderr
+
+
+def test_proj_reg_on_resuming_a_model_without_projection_is_refused_in_one_line(tmp_path,
+                                                                               one_epoch):
+    copy_run(one_epoch, tmp_path)
+    before = snapshot(tmp_path)
+    proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
+                    tmp_path / 'model.pt', '--proj_reg', '0.1', '--resume')
+    assert proc.returncode == 1 and proc.stderr.count('\n') == 1, proc.stderr
+    assert '--proj_reg penalises the matrix of --projection, and the model of' in proc.stderr
+    assert snapshot(tmp_path) == before
 
 
 def test_resume_refuses_a_best_model_checkpoint_and_other_settings(tmp_path, trained):

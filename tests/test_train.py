@@ -5,6 +5,7 @@ import os
 import re
 import stat
 
+import pytest
 import torch
 
 from conftest import (
@@ -188,3 +189,30 @@ def test_vocabulary_options_print_how_many_training_words_became_unk(tmp_path):
 def test_a_vocabulary_cap_with_no_room_for_words_is_refused(tmp_path):
     fails(run_main('demo_tie.py', '--max_vocab', '3', '--data_dir', tmp_path),
           r'--max_vocab 3 leaves no room for words')
+
+
+def test_a_divergence_to_a_finite_but_ruinous_loss_keeps_the_last_good_checkpoint(tmp_path):
+    """--lr 1e30 leaves the weights finite and the validation loss near 1e30, whose perplexity
+    overflows: refused as a divergence, not saved as an epoch that the next advice would
+    resume from."""
+    corpus = write_corpus(tmp_path / 'corpus', (PATTERN + '\n') * 3 + 'one two three four\n')
+    first, _ = train(tmp_path, epochs=1, corpus=corpus)
+    assert first.returncode == 0, first.stderr
+    files = snapshot(tmp_path)
+    diverged, _ = train(tmp_path, '--resume', '--lr', '1e30', epochs=2, corpus=corpus)
+    assert diverged.returncode == 1, diverged.stderr
+    assert re.search(r'the model diverged: its validation loss is \d\S*e\+\d+ at the end',
+                     diverged.stderr), diverged.stderr
+    assert 'inf' not in diverged.stdout and snapshot(tmp_path) == files
+
+
+@pytest.mark.parametrize('flags, named', [
+    (['--al_weight', '1e30', '--al_temperature', '20'], '--al_weight 1e+30 --al_temperature 20'),
+    (['--init_range', '1'], '--init_range 1'),
+])
+def test_the_advice_after_a_divergence_names_the_flags_that_scale_the_loss(tmp_path, flags,
+                                                                           named):
+    proc, _ = train(tmp_path, *flags, '--lr', '1e30', epochs=1)
+    assert proc.returncode == 1, proc.stderr
+    assert f'This run also has {named}, which can make the loss diverge' in proc.stderr
+    assert proc.stderr.count('\n') == 1 and 'Traceback' not in proc.stderr
