@@ -14,10 +14,17 @@ two matrices are compared: the Spearman correlation of their cosine similarities
 of the `--agreement_words` first words of the vocabulary (the training text's order of first
 appearance). gensim is needed by this script alone: `pip install gensim`.
 """
+import signal
+import sys
+
+from lm.signals import stop_at_once
+
+if __name__ == '__main__':  # before PyTorch is imported: Ctrl-C ends the process at
+    signal.signal(signal.SIGINT, stop_at_once)  # once with a line, not a traceback
+
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 

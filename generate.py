@@ -4,9 +4,16 @@
 
 The checkpoint alone is enough: it carries the vocabulary and the model's sizes.
 """
+import signal
+import sys
+
+from lm.signals import stop_at_once
+
+if __name__ == '__main__':  # before PyTorch is imported: Ctrl-C ends the process at
+    signal.signal(signal.SIGINT, stop_at_once)  # once with a line, not a traceback
+
 import argparse
 import os
-import sys
 
 import torch
 

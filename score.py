@@ -22,11 +22,18 @@ Two methods adapt the scores to the text read so far (lm/adapt.py), reading it a
     python score.py --checkpoint best_model.pt --dynamic test.txt
     python score.py --checkpoint best_model.pt --cache --dynamic --tune valid.txt test.txt
 """
+import signal
+import sys
+
+from lm.signals import stop_at_once
+
+if __name__ == '__main__':  # before PyTorch is imported: Ctrl-C ends the process at
+    signal.signal(signal.SIGINT, stop_at_once)  # once with a line, not a traceback
+
 import argparse
 import json
 import math
 import os
-import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -349,8 +356,16 @@ def score_adaptive(args, model, stream, ckpt):
     rms = None
     if args.dynamic:
         stats = read_text(args.dynamic_stats or stats_file(trained), vocab)
+        bars = []  # made once gradient_rms knows its number of windows
+
+        def shown(k, total):
+            if not bars:
+                bars.append(progress(total, 'Gradient statistics'))
+            bars[0].update()
         rms = gradient_rms(model, stats.stream.to(device), args.dynamic_segment,
-                           args.dynamic_stats_tokens, args.dynamic_stats_rows)
+                           args.dynamic_stats_tokens, args.dynamic_stats_rows, on_window=shown)
+        for bar in bars:
+            bar.close()
     if args.tune:
         tune(args, model, rms, seq_length, read_text(args.tune, vocab))
     dynamic = DynamicEval(model, rms, args.dynamic_lr, args.dynamic_decay) if args.dynamic else None
@@ -400,18 +415,22 @@ def tune(args, model, rms, seq_length, text):
     stream = text.stream[:args.tune_tokens + 1] if args.tune_tokens else text.stream
     batched = stream.view(1, -1).to(device)
 
-    def run(lr, decay, record=None):
+    def run(lr, decay, record=None, desc='tune'):
         dynamic = DynamicEval(model, rms, lr, decay) if args.dynamic else None
-        with cudnn_backward_in_eval(device, needed=dynamic is not None):
+        windows = len(data.window_starts(batched, seq_length))
+        with cudnn_backward_in_eval(device, needed=dynamic is not None), \
+                progress(windows, desc) as bar:
             result = token_losses(model, batched, seq_length,
-                                  scorer=adaptive_scorer(model, dynamic=dynamic, record=record))
+                                  scorer=adaptive_scorer(model, dynamic=dynamic, record=record),
+                                  on_window=lambda k: bar.update())
         if dynamic is not None:
             dynamic.reset()
         return result.sum_no_sos / max(1, result.count_no_sos)
 
     def keep_best(name, grid, loss_of, current):
-        losses = {value: loss_of(value) for value in grid}
-        for value, loss in losses.items():
+        losses = {}
+        for value in grid:  # each point said as it is scored: a grid takes minutes
+            losses[value] = loss = loss_of(value, f'tune {name} {value:g}')
             print(f'tune: {name} {value:g}: perplexity without <sos> {perplexity(loss):.4f}',
                   file=sys.stderr, flush=True)
         return best_of(losses, current, lambda value: f'{name} {value:g}')
@@ -419,13 +438,14 @@ def tune(args, model, rms, seq_length, text):
     print(f'tune: {stream.numel() - 1} targets of {args.tune}', file=sys.stderr)
     if args.dynamic:
         args.dynamic_lr = keep_best('--dynamic_lr', DYNAMIC_LRS,
-                                    lambda lr: run(lr, args.dynamic_decay), args.dynamic_lr)
+                                    lambda lr, desc: run(lr, args.dynamic_decay, desc=desc),
+                                    args.dynamic_lr)
         args.dynamic_decay = keep_best('--dynamic_decay', DYNAMIC_DECAYS,
-                                       lambda decay: run(args.dynamic_lr, decay),
+                                       lambda decay, desc: run(args.dynamic_lr, decay, desc=desc),
                                        args.dynamic_decay)
     if args.cache:
         recorded = []
-        run(args.dynamic_lr, args.dynamic_decay, record=recorded)
+        run(args.dynamic_lr, args.dynamic_decay, record=recorded, desc='tune the cache')
         pairs = [(theta, lam) for theta in CACHE_THETAS for lam in CACHE_LAMBDAS]
         losses = {pair: replay_cache(recorded, args.cache_window, *pair,
                                      lambda y: y != data.SOS) for pair in pairs}

@@ -61,11 +61,12 @@ class NeuralCache:
         return nll
 
 
-def gradient_rms(model, stream, segment, max_tokens, rows):
+def gradient_rms(model, stream, segment, max_tokens, rows, on_window=lambda k, total: None):
     """Each parameter's root mean squared gradient of the loss on the first `max_tokens` of
     `stream` (ids): the MS of dynamic evaluation, square-rooted. The text is laid out in `rows`
     rows (data.batchify) and read in windows of `segment` columns, hidden state carried, one
-    gradient per window, as Krause et al. collect it over training batches. Averaged over many
+    gradient per window (`on_window(k, windows)` after each), as Krause et al. collect it
+    over training batches. Averaged over many
     rows, each gradient is mostly the weights' signal rather than one segment's noise: on PTB
     that scaled the steps better than one row did (docs/results.md), and it is faster. A text
     too short for `rows` rows of one window each is read in fewer rows."""
@@ -74,8 +75,9 @@ def gradient_rms(model, stream, segment, max_tokens, rows):
     text = data.batchify(stream, max(1, min(rows, stream.numel() // (segment + 1))))
     sums = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
     hidden, windows = model.init_hidden(text.size(0)), 0
+    starts = data.window_starts(text, segment)
     with cudnn_backward_in_eval(stream.device):
-        for start in data.window_starts(text, segment):
+        for start in starts:
             x, y = data.get_window(text, start, segment)
             model.zero_grad(set_to_none=True)
             logits, hidden = model(x, detach_hidden(hidden))
@@ -84,6 +86,7 @@ def gradient_rms(model, stream, segment, max_tokens, rows):
                 if p.grad is not None:
                     grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
                     sums[name].addcmul_(grad, grad)
+            on_window(windows, len(starts))
             windows += 1
     model.zero_grad(set_to_none=True)
     return {name: (total / max(1, windows)).sqrt() for name, total in sums.items()}

@@ -196,6 +196,11 @@ def check_lock(files):
     handle = _held_locks.get(files.lock)
     if handle is None:
         return
+    folder = os.path.dirname(os.path.abspath(files.lock))
+    if not os.path.isdir(folder):
+        raise LockError(f'the folder {folder} was removed while this run trained in it (its '
+                        'lock, checkpoints and CSV with it); this run stopped without writing. '
+                        'Start it again with a --save_path in a folder that stays')
     try:
         same = os.path.samestat(os.stat(files.lock), os.fstat(handle.fileno()))
     except OSError:

@@ -1,11 +1,15 @@
 """score.py --cache and --dynamic (lm/adapt.py), through the real script on a tiny model."""
 import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from conftest import LOGPROB_TOL, TINY, run_main, write_corpus
+from conftest import LOGPROB_TOL, ROOT, TINY, run_main, wait_for, write_corpus
 
 WORDS = [f'w{i}' for i in range(30)]
 
@@ -160,3 +164,22 @@ def test_layouts_the_methods_cannot_use_are_refused_in_one_line(model, flags):
     assert proc.returncode == 2
     assert 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith('score.py: error:')
+
+
+def test_tuning_shows_its_progress_and_ctrl_c_ends_it_with_a_line(model, tmp_path):
+    """--tune scores its text once for each grid point, minutes on a real model: each point
+    has a bar and a line as it ends, and Ctrl-C ends the process at once, without a
+    traceback (a real process: the handler is installed before PyTorch is imported)."""
+    long_text = tmp_path / 'long.txt'
+    long_text.write_text((model['corpus'] / 'train.txt').read_text() * 20)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / 'score.py'), '--checkpoint', str(model['checkpoint']),
+         '--device', 'cpu', '--dynamic', '--dynamic_stats', str(model['corpus'] / 'train.txt'),
+         '--tune', str(long_text), str(model['corpus'] / 'test.txt')],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    wait_for(proc, 'tune --dynamic_lr 1e-05')  # the first grid point's bar
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT
+    assert b'Traceback' not in err and b'SIGINT received: stopped at once' in err
+

@@ -4,6 +4,7 @@ that fail without costing what is on disk."""
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,19 @@ def test_a_csv_the_trainer_cannot_read_is_kept_and_the_resume_refused(tmp_path, 
 
 
 # ---------------------------------------------------------------------------- failed writes
+
+def test_a_save_folder_removed_during_the_run_is_said_so_not_blamed_on_another_run(tmp_path):
+    corpus = pattern_corpus(tmp_path / 'corpus')
+    run = tmp_path / 'run'
+
+    def remove_the_folder(epoch, window):
+        if (epoch, window) == (1, 5):
+            shutil.rmtree(run)
+    proc, _ = train(run, epochs=2, corpus=corpus, on_window=remove_the_folder)
+    assert proc.returncode == 1 and proc.stderr.count('\n') == 1, proc.stderr
+    assert f'the folder {run} was removed while this run trained in it' in proc.stderr
+    assert 'another run' not in proc.stderr and not run.exists()
+
 
 def limit_file_size(limit):
     def apply():
