@@ -11,8 +11,9 @@ WordSim-353 by default, the copies that ship with gensim) with gensim's
 `KeyedVectors.evaluate_word_pairs`: Spearman and Pearson correlations with the human ratings
 over the pairs whose two words the vocabulary has, and the share of pairs left out. Then every
 two matrices are compared: the Spearman correlation of their cosine similarities over all pairs
-of the `--agreement_words` first words of the vocabulary (the training text's order of first
-appearance). gensim is needed by this script alone: `pip install gensim`.
+of the `--agreement_words` first words of the first one's vocabulary (the training text's order
+of first appearance) that the other one has too. gensim is needed by this script alone:
+`pip install gensim`.
 """
 import signal
 import sys
@@ -27,6 +28,7 @@ import json
 import os
 
 import numpy as np
+import torch
 
 import data
 from lm.checkpoint import CheckpointError, load_checkpoint
@@ -39,13 +41,25 @@ def benchmark_files():
     return {'SimLex-999': datapath('simlex999.txt'), 'WordSim-353': datapath('wordsim353.tsv')}
 
 
-def matrices(ckpt, name):
+def matrices(ckpt, name, path):
     """{label: (vocabulary x dimension) array} of a checkpoint: input and output when untied,
-    tied when tied. `name` labels them when several checkpoints are compared."""
+    tied when tied. `name` labels them when several checkpoints are compared. Weights that
+    are not finite are refused (CheckpointError), as every script refuses them."""
     state, tied = ckpt['model_state'], ckpt['model_args']['tied']
     found = {'tied': state['embedding.weight']} if tied else {
         'input': state['embedding.weight'], 'output': state['fc.weight']}
+    bad = [label for label, m in found.items() if not torch.isfinite(m).all()]
+    if bad:
+        raise CheckpointError(f'{path} holds NaN or infinite weights (its {bad[0]} embedding): '
+                              'it was saved from a run that diverged and cannot be used')
     return {f'{label} ({name})': m.float().numpy() for label, m in found.items()}
+
+
+def names_of(paths):
+    """A label for each checkpoint: its file's stem (best_model), or, where two stems are
+    the same (runA/best_model.pt, runB/best_model.pt), the path as given."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return [stem if stems.count(stem) == 1 else path for stem, path in zip(stems, paths)]
 
 
 def keyed_vectors(vocab, matrix):
@@ -72,25 +86,56 @@ def similarity_scores(vocab, matrix, pair_files):
     return scores
 
 
+def readable_pairs(path):
+    """Whether a pair file has at least one line as gensim reads them: word, word, rating."""
+    with open(path, encoding='utf-8', errors='replace') as f:
+        for line in f:
+            parts = line.rstrip('\n').split('\t')
+            if line.startswith('#') or len(parts) != 3:
+                continue
+            try:
+                float(parts[2])
+                return True
+            except ValueError:
+                pass
+    return False
+
+
 def shown(value):
     return '-' if value is None else f'{value:.3f}'
 
 
-def pair_similarities(matrix, count):
-    """The cosine similarity of every pair of the first `count` rows after the markers."""
-    rows = matrix[len(data.SPECIALS):len(data.SPECIALS) + count]
-    unit = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+def pair_similarities(matrix, rows):
+    """The cosine similarity of every pair of the rows `rows` of `matrix`."""
+    chosen = matrix[rows]
+    unit = chosen / np.maximum(np.linalg.norm(chosen, axis=1, keepdims=True), 1e-12)
     upper = np.triu_indices(len(unit), k=1)
     return (unit @ unit.T)[upper]
 
 
-def agreement(found, count):
-    """{(a, b): Spearman correlation of a's and b's pair similarities} for every two matrices."""
+def shared_words(a, b, count):
+    """The first `count` words of vocabulary `a` (the markers left out) that `b` has too, as
+    (rows in a, rows in b): two models compare a word with itself, wherever each has it."""
+    where = {w: i for i, w in enumerate(b)}
+    pairs = [(i, where[w]) for i, w in enumerate(a) if w not in data.SPECIALS and w in where]
+    return [i for i, _ in pairs[:count]], [j for _, j in pairs[:count]]
+
+
+def agreement(found, vocabs, count):
+    """{(a, b): (Spearman correlation of a's and b's pair similarities, words compared)} for
+    every two matrices, over the words both vocabularies have; None where fewer than three
+    are shared."""
     from scipy.stats import spearmanr
-    sims = {label: pair_similarities(m, count) for label, m in found.items()}
-    labels = list(sims)
-    return {(a, b): float(spearmanr(sims[a], sims[b])[0])
-            for i, a in enumerate(labels) for b in labels[i + 1:]}
+    labels, alike = list(found), {}
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            rows_a, rows_b = shared_words(vocabs[a], vocabs[b], count)
+            r = None
+            if len(rows_a) >= 3:
+                r = float(spearmanr(pair_similarities(found[a], rows_a),
+                                    pair_similarities(found[b], rows_b))[0])
+            alike[a, b] = (r, len(rows_a))
+    return alike
 
 
 def build_parser():
@@ -117,26 +162,35 @@ def main(argv=None):
         print('error: embeddings.py needs gensim (and the scipy it brings): pip install gensim',
               file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001  installed but broken: a numpy it was not built for
+        print(f'error: gensim is installed but fails to import ({type(e).__name__}: '
+              f'{str(e).splitlines()[0][:160]}); reinstall it for this numpy: pip install '
+              '--force-reinstall gensim', file=sys.stderr)
+        return 1
     missing = [f for f in args.pairs or [] if not os.path.isfile(f)]
     if missing:
         parser.error(f'pair file not found: {missing[0]}')
+    unreadable = [f for f in args.pairs or [] if not readable_pairs(f)]
+    if unreadable:
+        print(f'error: {unreadable[0]} has no word pairs to read: each line is word1<TAB>word2'
+              '<TAB>rating (a number), lines starting with # are comments', file=sys.stderr)
+        return 1
     pair_files = {os.path.basename(f): f for f in args.pairs} if args.pairs else benchmark_files()
     found, vocabs = {}, {}
     try:
-        for path in args.checkpoint:
+        for path, name in zip(args.checkpoint, names_of(args.checkpoint)):
             ckpt = load_checkpoint(path)
-            name = os.path.splitext(os.path.basename(path))[0]
-            for label, matrix in matrices(ckpt, name).items():
+            for label, matrix in matrices(ckpt, name, path).items():
                 found[label], vocabs[label] = matrix, ckpt['vocab']
     except CheckpointError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     scores = {label: similarity_scores(vocabs[label], m, pair_files) for label, m in found.items()}
-    alike = agreement(found, args.agreement_words) if len(found) > 1 else {}
+    alike = agreement(found, vocabs, args.agreement_words) if len(found) > 1 else {}
     if args.json:
         print(json.dumps({'similarity': scores, 'agreement': [
-            {'a': a, 'b': b, 'spearman': r} for (a, b), r in alike.items()],
-            'agreement_words': args.agreement_words}, indent=2))
+            {'a': a, 'b': b, 'spearman': r, 'words': n} for (a, b), (r, n) in alike.items()],
+            'agreement_words': args.agreement_words}, indent=2, allow_nan=False))
         return 0
     names = list(pair_files)
     print('| matrix | ' + ' | '.join(f'{n} Spearman | {n} Pearson | {n} pairs left out'
@@ -148,10 +202,10 @@ def main(argv=None):
             for n in names) + ' |')
     if alike:
         print(f'\nAgreement: Spearman correlation of the cosine similarities of all pairs of '
-              f'the first {args.agreement_words} words\n')
-        print('| matrices | Spearman |\n| --- | --- |')
-        for (a, b), r in alike.items():
-            print(f'| {a} vs {b} | {r:.3f} |')
+              f'the first {args.agreement_words} words that both vocabularies have\n')
+        print('| matrices | Spearman | words compared |\n| --- | --- | --- |')
+        for (a, b), (r, n) in alike.items():
+            print(f'| {a} vs {b} | {shown(r)} | {n} |')
     return 0
 
 

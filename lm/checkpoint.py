@@ -243,10 +243,11 @@ def _check_weights(path, args, state):
     """The sizes in the description must be the weights' own, and the weights real numbers,
     before anything is built from them (a lying hidden_size of 10**6 would otherwise ask for
     terabytes, a num_layers of 10**6 take hours)."""
-    odd = [name for name, t in state.items() if not torch.is_tensor(t) or not t.is_floating_point()]
+    odd = [name for name, t in state.items() if not torch.is_tensor(t)
+           or not t.is_floating_point() or t.layout != torch.strided]
     if odd:
-        raise CheckpointError(f'{path} is damaged: its weights must be floating-point tensors, '
-                              f'and {odd[0]} is not')
+        raise CheckpointError(f'{path} is damaged: its weights must be dense floating-point '
+                              f'tensors, and {odd[0]} is not')
     vocab, embed, hidden = args['vocab_size'], args['embed_size'], args['hidden_size']
     projected = args.get('projection', False)
     expected = {'embedding.weight': (vocab, embed), 'fc.weight': (vocab, embed if projected
