@@ -17,11 +17,6 @@ import torch
 from lm.recipes import RECIPES
 from model import MODEL_REGULARIZERS
 
-# A float flag's value goes into float32 tensors: beyond this range it becomes inf or 0 there,
-# and the run can only diverge (--al_weight 1e300, --al_temperature 1e-300).
-FLOAT32_MAX, FLOAT32_TINY = float(torch.finfo(torch.float32).max), \
-    float(torch.finfo(torch.float32).tiny)
-
 
 def checked_number(kind, ok, what):
     def parse(text):
@@ -31,12 +26,26 @@ def checked_number(kind, ok, what):
             raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
         if not (ok(value) and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f'{text} is not {what}')
-        if kind is float and value and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+        return value
+    return parse
+
+
+# A trainer flag's number goes into float32 tensors: beyond this range it becomes inf or 0
+# there, and the run can only diverge (--al_weight 1e300, --al_temperature 1e-300).
+FLOAT32_MAX, FLOAT32_TINY = (float(torch.finfo(torch.float32).max),
+                             float(torch.finfo(torch.float32).tiny))
+
+
+def in_float32(parse):
+    """`parse`, refusing a non-zero number that float32 cannot hold."""
+    def parse_float32(text):
+        value = parse(text)
+        if isinstance(value, float) and value and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
             raise argparse.ArgumentTypeError(
                 f'{text} is beyond float32, the precision the model computes in '
                 f'(from {FLOAT32_TINY:.1e} to {FLOAT32_MAX:.1e})')
         return value
-    return parse
+    return parse_float32
 
 
 positive_int = checked_number(int, lambda v: v > 0, 'a positive integer')
@@ -86,7 +95,8 @@ class Flag:
         elif self.switch == 'on/off':
             kw['action'] = argparse.BooleanOptionalAction
         else:
-            kw.update(type=self.type, choices=self.choices, metavar=self.metavar)
+            kw.update(type=self.type if self.type in (str, None) else in_float32(self.type),
+                      choices=self.choices, metavar=self.metavar)
             if self.optional_value:
                 kw.update(nargs='?', const='')
         parser.add_argument(f'--{self.name}', **{k: v for k, v in kw.items() if v is not None

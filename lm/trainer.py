@@ -322,14 +322,14 @@ def after_divergence(run):
     args = run.args
     last = resumable(run)
     others = divergent_flags(args)
-    also = (f' This run also has {others}, which can make the loss diverge whatever the rate: '
-            'where a lower --lr does not help, change those.' if others else '')
+    also = (f' (this run also has {others}, which can make the loss diverge whatever the '
+            'rate: where a lower --lr does not help, change those)' if others else '')
     if last is None:
         return (f'Nothing was saved; start again with a lower --lr (now {args.lr:g}) or '
-                f'--clip (now {args.clip:g}).{also}')
+                f'--clip (now {args.clip:g}){also}.')
     return (f'The files on disk are unchanged; resume from the last checkpoint with a lower '
-            f'--lr (now {args.lr:g}), or --clip (now {args.clip:g}): '
-            f'{resume_command(last, lr=args.lr / 2)}.{also}')
+            f'--lr (now {args.lr:g}), or --clip (now {args.clip:g}){also}: '
+            f'{resume_command(last, lr=args.lr / 2)}')
 
 
 def divergent_flags(args):

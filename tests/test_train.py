@@ -214,5 +214,5 @@ def test_the_advice_after_a_divergence_names_the_flags_that_scale_the_loss(tmp_p
                                                                            named):
     proc, _ = train(tmp_path, *flags, '--lr', '1e30', epochs=1)
     assert proc.returncode == 1, proc.stderr
-    assert f'This run also has {named}, which can make the loss diverge' in proc.stderr
+    assert f'this run also has {named}, which can make the loss diverge' in proc.stderr
     assert proc.stderr.count('\n') == 1 and 'Traceback' not in proc.stderr
