@@ -256,7 +256,7 @@ def main(argv=None):
             open(args.json, 'a').close()
         except OSError as e:
             p.error(f'cannot write --json {args.json}: {e.strerror or e}')
-    apply_threads(args.threads)
+    apply_threads(args.threads, device)
 
     if args.read_corpus:
         try:

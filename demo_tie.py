@@ -264,7 +264,7 @@ def main(argv=None, on_window=None):
         if problem:
             parser.error(problem)
     trainer.SPEAKS = group.is_main
-    apply_threads(args.threads)
+    apply_threads(args.threads, device)
     seed_everything(args.seed)
     keep_freed_memory()
     stop = StopRequest()  # installed before the data is read, so no signal is lost

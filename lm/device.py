@@ -3,6 +3,7 @@
 """
 import collections
 import ctypes
+import math
 import os
 import platform
 import signal
@@ -43,9 +44,71 @@ def pick_device(name='auto'):
     return device
 
 
-def apply_threads(threads):
+def apply_threads(threads, device):
+    """--threads N, or where it is not given on a CPU, as many threads as this process has
+    cores that other work leaves free now (PyTorch's default at most). Threads that wait for
+    one another spin, so a thread on a core that another process keeps busy slows every other
+    thread down: beside one busy process on two cores, two threads train at half the speed of
+    one (docs/performance.md). OMP_NUM_THREADS, where set, is the user's or the launcher's
+    (torchrun's) choice and is kept. Says on stderr when it takes fewer threads than the
+    default."""
     if threads is not None:
         torch.set_num_threads(threads)
+        return
+    if device.type != 'cpu' or 'OMP_NUM_THREADS' in os.environ:
+        return
+    default, cores = torch.get_num_threads(), available_cores()
+    busy = busy_cores(cores)
+    chosen = threads_beside(default, len(cores), busy)
+    if chosen < default:
+        torch.set_num_threads(chosen)
+        print(f'note: other work keeps {busy:.1f} of this process\'s {len(cores)} cores busy: '
+              f'{chosen} CPU thread{"s" if chosen > 1 else ""} instead of {default} (--threads '
+              'N to choose)', file=sys.stderr, flush=True)
+
+
+BUSY_CORE = 0.7  # a core that other work uses this much of counts as taken
+
+
+def threads_beside(default, cores, busy):
+    """The threads to run beside other work using `busy` cores' worth of `cores`: one for each
+    core left free, at least one, at most `default`."""
+    taken = math.floor(busy + 1 - BUSY_CORE)
+    return max(1, min(default, cores - taken))
+
+
+def available_cores():
+    """The cores this process may run on."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def busy_cores(cores, seconds=0.2):
+    """How many of `cores` other processes keep busy, in cores' worth, from /proc/stat over
+    `seconds` while this process sleeps; 0.0 where there is no /proc/stat (not Linux)."""
+    def times():
+        found = {}
+        with open('/proc/stat') as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith('cpu') and name[3:].isdigit() and int(name[3:]) in cores:
+                    ticks = [int(v) for v in fields[:8]]  # user .. steal; guest is in user
+                    found[name] = (sum(ticks), ticks[3] + ticks[4])  # all, idle + iowait
+        return found
+    try:
+        before = times()
+        time.sleep(seconds)
+        after = times()
+    except OSError:
+        return 0.0
+    busy = 0.0
+    for name, (total, idle) in after.items():
+        elapsed = total - before[name][0]
+        if elapsed > 0:
+            busy += 1 - (idle - before[name][1]) / elapsed
+    return busy
 
 
 def cpu_has_native_bfloat16():
@@ -162,7 +225,7 @@ def apply_device_flags(parser, args, cpu_amp_refusal=None):
         raise SystemExit(1) from None
     except ValueError as e:
         parser.error(str(e))
-    apply_threads(args.threads)
+    apply_threads(args.threads, device)
     if args.amp and device.type == 'cpu' and cpu_amp_refusal:
         print(f'warning: --amp: {cpu_amp_refusal}; running in float32', file=sys.stderr)
         return device, None

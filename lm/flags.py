@@ -136,8 +136,9 @@ FLAGS = [
     # Beyond the reference:
     Flag('seed', 1111, 'Random seed (torch, numpy, random)', seed_value, resume='ignored'),
     Flag('device', 'auto', 'auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps', str),
-    Flag('threads', None, "CPU threads for PyTorch (default: PyTorch's choice, one per core); "
-         'lower it when other work shares the machine', positive_int, shown="PyTorch's"),
+    Flag('threads', None, 'CPU threads for PyTorch (default: one for each core that other work '
+         "leaves free at start, at most PyTorch's one per core; OMP_NUM_THREADS, where set)",
+         positive_int, shown='the free cores'),
     Flag('resume', None, 'Continue training from a last checkpoint; without PATH, the one '
          'beside --save_path (best_model.pt -> best_model.last.pt)', str, metavar='PATH',
          optional_value=True),

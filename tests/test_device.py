@@ -1,17 +1,26 @@
-"""What --amp means on a CPU: bfloat16 only where this model's own matrix products measure
-faster in it than in float32. The decision is tested on injected figures; nothing here
-asserts a speed."""
+"""What --amp and the default --threads mean on a CPU: bfloat16 only where this model's own
+matrix products measure faster in it than in float32, and one thread for each core that other
+work leaves free. The decisions are tested on injected figures and a real busy process;
+nothing here asserts a speed."""
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
+from conftest import run_script
 from lm.device import (
+    available_cores,
     bfloat16_speedup,
+    busy_cores,
     cpu_autocast,
     cpu_has_native_bfloat16,
     matrix_shapes,
     mixed_precision,
+    threads_beside,
 )
 from model import LSTMLanguageModel
 
@@ -49,3 +58,46 @@ def test_the_products_timed_are_the_models_own(variational):
     assert (6, 16, 64) in shapes  # a layer's four gates
     ratio = bfloat16_speedup(shapes, seconds=0)
     assert math.isfinite(ratio) and ratio > 0
+
+
+@pytest.mark.parametrize('default, cores, busy, threads', [
+    (2, 2, 0.0, 2),    # an idle machine: PyTorch's default
+    (2, 2, 0.3, 2),    # a core partly used (an editor, a browser tab) is still free
+    (2, 2, 1.0, 1),    # one busy process on two cores: one thread
+    (2, 2, 2.0, 1),    # every core busy: one thread, never none
+    (8, 16, 3.2, 8),   # never more than PyTorch's default
+    (16, 16, 3.2, 13),
+])
+def test_threads_beside_other_work_take_the_free_cores(default, cores, busy, threads):
+    assert threads_beside(default, cores, busy) == threads
+
+
+def test_a_busy_core_is_seen_in_the_systems_counters():
+    """A real process spinning on one core: busy_cores sees about one core's worth."""
+    cores = available_cores()
+    spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(0.3)  # started and spinning
+        assert 0.7 <= busy_cores(cores, seconds=0.3) <= len(cores)
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+@pytest.mark.skipif(len(available_cores()) < 2, reason='one core: one thread whatever the load')
+def test_a_script_beside_a_busy_core_takes_fewer_threads_and_says_so(tmp_path):
+    """generate.py as a user runs it (no OMP_NUM_THREADS, no --threads) beside a process
+    spinning on one core; with --threads, or OMP_NUM_THREADS, it keeps the given count."""
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(0.3)
+        chosen = run_script('generate.py', '--checkpoint', tmp_path / 'none.pt', env=env)
+        given = run_script('generate.py', '--checkpoint', tmp_path / 'none.pt', '--threads', 2,
+                           env=env)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 'note: other work keeps' in chosen.stderr and '(--threads N to choose)' in chosen.stderr
+    assert 'note: other work keeps' not in given.stderr
+    assert chosen.returncode == given.returncode == 1  # then: no checkpoint there

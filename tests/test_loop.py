@@ -3,6 +3,7 @@ run them."""
 import contextlib
 import copy
 import math
+import weakref
 
 import pytest
 import torch
@@ -167,3 +168,21 @@ def test_perplexity_is_infinite_past_overflow_and_nan_stays_nan():
     assert perplexity(math.log(120.0)) == pytest.approx(120.0)
     assert perplexity(800.0) == float('inf')
     assert math.isnan(perplexity(float('nan')))  # a NaN loss is never shown as inf
+
+
+def test_the_scores_are_freed_before_the_backward_pass():
+    """The window's scores (batch x window x vocabulary floats, the largest tensor of a step)
+    are not kept through the backward pass, which makes gradients as large again: the loss
+    keeps what it needs (its log-probabilities) and the scores go before backward starts."""
+    model = small_model()
+    batched = data.batchify(torch.randint(3, 20, (4 * 25,)), 4)
+    scores, alive_in_backward = [], []
+
+    def forward(x, hidden):
+        logits, hidden = model(x, hidden)
+        scores.append(weakref.ref(logits))
+        return logits, hidden
+    model.fc.bias.register_hook(lambda grad: alive_in_backward.append(scores[-1]() is not None))
+    train_epoch(model, batched, data.fixed_windows(batched, 6),
+                Stepping(make_optimizer(model, 0.01, 0.0), clip=1.0, forward=forward))
+    assert alive_in_backward == [False] * 4
