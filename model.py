@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The regularisers that are arguments of the model, with their "off" values, and Press & Wolf's
-# projection, whose penalty (--proj_reg) makes their projection regularisation. A checkpoint's
-# model description names those that are on (alpha, beta and proj_reg act on the loss only).
+# The regularisers that are arguments of the model, with their "off" values, Press & Wolf's
+# projection, whose penalty (--proj_reg) makes their projection regularisation, and Inan et
+# al.'s decoder without a bias. A checkpoint's model description names those that are on
+# (alpha, beta and proj_reg act on the loss only).
 MODEL_REGULARIZERS = {'variational': False, 'dropouti': None, 'dropouth': None, 'dropoute': 0.0,
-                      'wdrop': 0.0, 'projection': False}
+                      'wdrop': 0.0, 'dropout_recurrent': 0.0, 'projection': False,
+                      'decoder_bias': True}
 
 
 def tied_size_problem(tied, embed_size, hidden_size, projection=False):
@@ -38,13 +40,21 @@ class LSTMLanguageModel(nn.Module):
       dropouth     rate between LSTM layers (default: `dropout`)
       dropoute     whole words dropped from the embedding matrix
       wdrop        DropConnect on the hidden-to-hidden weights: one mask per window
+      dropout_recurrent  Inan et al.'s dropout of the hidden state (Gal & Ghahramani's, with
+                   their tying): each layer draws one mask per row for the whole window, and
+                   drops with it h(t-1) where the recurrence reads it and h(t) where the next
+                   layer (or the decoder) reads it; it replaces the between-layer and output
+                   dropout. The LSTM then steps through time in training (lstm_steps);
+                   evaluation runs the fused kernel
     and `projection`, a linear layer (with a bias) from the LSTM's output to `embed_size`
-    before the decoder (Press & Wolf), which lets a tied model have any two sizes.
+    before the decoder (Press & Wolf), which lets a tied model have any two sizes, and
+    `decoder_bias` False, a decoder without a bias (Inan et al.'s reused embeddings, whose
+    output bias is zero).
     """
 
     def __init__(self, vocab_size, embed_size, hidden_size, num_layers, dropout, tied, *,
                  variational=False, dropouti=None, dropouth=None, dropoute=0.0, wdrop=0.0,
-                 projection=False):
+                 dropout_recurrent=0.0, projection=False, decoder_bias=True):
         super().__init__()
         problem = tied_size_problem(tied, embed_size, hidden_size, projection)
         if problem:
@@ -52,8 +62,9 @@ class LSTMLanguageModel(nn.Module):
         self.dropouti = dropout if dropouti is None else dropouti
         self.dropouth = dropout if dropouth is None else dropouth
         self.dropoute, self.wdrop, self.variational = dropoute, wdrop, variational
+        self.dropout_recurrent = dropout_recurrent
         self.embedding = nn.Embedding(vocab_size, embed_size)
-        if variational:
+        if variational or dropout_recurrent:
             self.lstm = nn.ModuleList(
                 nn.LSTM(embed_size if k == 0 else hidden_size, hidden_size, 1, batch_first=True)
                 for k in range(num_layers))
@@ -64,12 +75,14 @@ class LSTMLanguageModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         # Press & Wolf's projection P: logits = (h P + b_P) V^T + b
         self.projection = nn.Linear(hidden_size, embed_size) if projection else None
-        self.fc = nn.Linear(embed_size if projection else hidden_size, vocab_size)
+        self.fc = nn.Linear(embed_size if projection else hidden_size, vocab_size,
+                            bias=decoder_bias)
         self.num_layers, self.hidden_size, self.tied = num_layers, hidden_size, tied
         self.sparse_tied_grad = True  # see forward(); DistributedDataParallel turns it off
 
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.zeros_(self.fc.bias)
+        if decoder_bias:
+            nn.init.zeros_(self.fc.bias)
         if projection:
             nn.init.uniform_(self.projection.weight, -0.1, 0.1)
             nn.init.zeros_(self.projection.bias)
@@ -91,7 +104,9 @@ class LSTMLanguageModel(nn.Module):
         emb = F.embedding(x, self.embedding.weight, sparse=sparse)
         if self.dropoute and self.training:
             emb = emb * word_mask(self.embedding.num_embeddings, self.dropoute, emb)[x]
-        if self.variational:
+        if self.dropout_recurrent and self.training:
+            output, dropped, hidden = self._lstm_recurrent_dropout(emb, hidden)
+        elif self.variational or self.dropout_recurrent:
             output, hidden = self._lstm_layer_by_layer(emb, hidden)
             dropped = locked_dropout(output, self.dropout.p, self.training)
         else:
@@ -116,8 +131,26 @@ class LSTMLanguageModel(nn.Module):
         h, c = zip(*states)
         return layer_input, (torch.cat(h), torch.cat(c))
 
+    def _lstm_recurrent_dropout(self, emb, hidden):
+        """The LSTM under --dropout_recurrent, in training: (last layer's output, the same
+        dropped, new state). Each layer's mask drops both its h(t-1) and its output."""
+        p, wdrop = self.dropout_recurrent, self.wdrop
+        if self.variational:
+            layer_input = locked_dropout(emb, self.dropouti, True)
+        else:
+            layer_input = F.dropout(emb, self.dropouti, True)
+        states = []
+        for k, lstm in enumerate(self.lstm):
+            mask = emb.new_empty(emb.size(0), self.hidden_size).bernoulli_(1 - p).div_(1 - p)
+            output, state = lstm_steps(lstm, layer_input, (hidden[0][k], hidden[1][k]), mask,
+                                       wdrop)
+            states.append(state)
+            layer_input = output * mask.unsqueeze(1)
+        h, c = zip(*states)
+        return output, layer_input, (torch.stack(h), torch.stack(c))
+
     def init_hidden(self, batch_size):
-        weight = self.fc.bias
+        weight = self.fc.weight
         shape = (self.num_layers, batch_size, self.hidden_size)
         return (weight.new_zeros(shape), weight.new_zeros(shape))
 
@@ -142,6 +175,26 @@ def locked_dropout(x, p, training):
         return x
     mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p) / (1 - p)
     return x * mask
+
+
+def lstm_steps(lstm, x, hidden, mask, wdrop=0.0):
+    """A one-layer `lstm` (nn.LSTM's weights and gate order i, f, g, o) over x (batch, time,
+    input), one step at a time, with h(t-1) multiplied by `mask` (batch, hidden) where the
+    recurrence reads it: what the fused kernel cannot do. The input's share of every gate is
+    one product for the whole window; each step adds the recurrent product. `hidden`: (h, c),
+    each (batch, hidden). Returns the output (batch, time, hidden) and (h, c)."""
+    w_hh = dropconnect(lstm.weight_hh_l0, wdrop) if wdrop else lstm.weight_hh_l0
+    from_input = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    recurrent = w_hh.t()
+    h, c = hidden
+    outputs = []
+    for t in range(x.size(1)):
+        gates = torch.addmm(from_input[:, t], h * mask, recurrent)
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs, 1), (h, c)
 
 
 def word_mask(vocab_size, p, like):

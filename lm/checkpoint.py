@@ -251,8 +251,9 @@ def _check_weights(path, args, state):
     vocab, embed, hidden = args['vocab_size'], args['embed_size'], args['hidden_size']
     projected = args.get('projection', False)
     expected = {'embedding.weight': (vocab, embed), 'fc.weight': (vocab, embed if projected
-                                                                   else hidden),
-                'fc.bias': (vocab,)}
+                                                                   else hidden)}
+    if args.get('decoder_bias', True):
+        expected['fc.bias'] = (vocab,)
     if projected:
         expected['projection.weight'] = (embed, hidden)
     recurrent = [name for name in state if re.fullmatch(r'lstm\.(\d+\.)?weight_hh_l\d+', name)]

@@ -177,6 +177,12 @@ FLAGS = [
     _rate_of('dropouth', 'Dropout between LSTM layers (default: --dropout)'),
     _rate_of('dropoute', 'Embedding dropout: whole words dropped from the embedding matrix'),
     _rate_of('wdrop', "Weight drop: DropConnect on the LSTM's hidden-to-hidden weights"),
+    Flag('dropout_recurrent', MODEL_REGULARIZERS['dropout_recurrent'], "Inan et al.'s dropout "
+         'of the hidden state: one mask per row and layer for the whole window, on h(t-1) where '
+         'the recurrence reads it and on the output the next layer or the decoder reads '
+         '(replacing --dropouth and the output dropout); the LSTM steps through time in '
+         'training', probability, resume='fixed', from_model=True, before=0.0,
+         group=REGULARISERS),
     Flag('alpha', 0.0, "Activation regularisation (AR): weight of the last layer's mean squared "
          'output after dropout', non_negative_float, resume='changeable', from_model=True,
          group=REGULARISERS),
@@ -187,6 +193,10 @@ FLAGS = [
          "the LSTM's output to --embed_size before the decoder (Press & Wolf's P), so that "
          '--tied takes any sizes',
          switch='store_true', resume='fixed', from_model=True, before=False, group=REGULARISERS),
+    Flag('decoder_bias', MODEL_REGULARIZERS['decoder_bias'], "The decoder's bias; "
+         "--no-decoder_bias leaves it out (Inan et al.'s reused embeddings: the output layer "
+         'is the embedding, with a zero bias)', switch='on/off', resume='fixed',
+         from_model=True, before=True, group=REGULARISERS),
     Flag('proj_reg', 0.0, "Press & Wolf's projection regularisation: this times the squared "
          "Frobenius norm of --projection's matrix, added to the loss", non_negative_float,
          resume='changeable', from_model=True, before=0.0, group=REGULARISERS),

@@ -178,7 +178,9 @@ def augmented_loss(logits, bias, embedding, targets, tau, through_target=True):
     growing (docs/papers.md). Only (targets x vocabulary) tensors, never vocabulary x
     vocabulary."""
     flat = logits.reshape(-1, logits.size(-1)).float()
-    log_predicted = F.log_softmax((flat - bias.float()) / tau, dim=-1)
+    if bias is not None:  # None: a decoder without a bias (--no-decoder_bias)
+        flat = flat - bias.float()
+    log_predicted = F.log_softmax(flat / tau, dim=-1)
     table = embedding if through_target else embedding.detach()
     # A lookup, not table[targets]: indexing's gradient is summed by atomic adds from several
     # CPU threads in any order, and runs with AL would not repeat bit for bit.

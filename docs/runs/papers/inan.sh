@@ -6,6 +6,9 @@
 #   bash docs/runs/papers/inan.sh grid            # tau and alpha: REAL for 6 epochs each
 #   bash docs/runs/papers/inan.sh held            # grid points with y~ held constant (breaks down)
 #   bash docs/runs/papers/inan.sh rows TAU ALPHA  # VD, VD+RE, VD+REAL, VD+AL, 40 epochs each
+#   bash docs/runs/papers/inan.sh pilot ARM       # their own configuration (below), 10 epochs,
+#                                                 # with their dropout of h(t-1) (ARM recurrent)
+#                                                 # or DropConnect standing in for it (wdrop)
 #
 # One run at a time; rerun the same command to continue where it stopped. Logs and CSVs go to
 # runs/papers/ (or $OUT). What is theirs and what we chose (their dropout rate, schedule and
@@ -23,7 +26,21 @@ VD=(--embed_size 200 --hidden_size 200 --num_layers 2 --variational --dropout 0.
     --batch_size 20 --seq_length 35 --init_range 0.1 --optimizer sgd --lr 35 --clip 0.143
     --schedule step --decay_start 6 --lr_factor 0.8 --weight_decay 0 --seed 1111)
 
+# Their own small configuration, as recovered (docs/papers.md): dropout 0.3 (their keep
+# probability 0.7) on the LSTM's output and between its layers, one mask per example for the
+# whole window, none on the embedding; the rate x0.9 after every epoch from the 5th.
+INAN=(--embed_size 200 --hidden_size 200 --num_layers 2 --variational --dropout 0.3
+      --dropouti 0 --batch_size 20 --seq_length 35 --init_range 0.1 --optimizer sgd --lr 35
+      --clip 0.143 --schedule step --decay_start 5 --lr_factor 0.9 --weight_decay 0
+      --seed 1111)
+
 case "${1:-}" in
+  pilot)  # ARM: wdrop or recurrent (each alone, so that the two can run side by side)
+    case "${2:-}" in
+      wdrop) row inan2_pilot_wdrop "${INAN[@]}" --wdrop 0.3 --epochs 10 ;;
+      recurrent) row inan2_pilot_recurrent "${INAN[@]}" --dropout_recurrent 0.3 --epochs 10 ;;
+      *) echo "usage: $0 pilot wdrop|recurrent" >&2; exit 2 ;;
+    esac ;;
   grid)
     row inan_grid_re "${VD[@]}" --tied --epochs 6
     # The most promising first, so that a grid stopped early has them.
@@ -46,5 +63,5 @@ case "${1:-}" in
     row inan_vd_re "${VD[@]}" --epochs 40 --tied
     row inan_vd_real "${VD[@]}" --epochs 40 --tied "${AL[@]}"
     row inan_vd_al "${VD[@]}" --epochs 40 "${AL[@]}" ;;
-  *) echo "usage: $0 grid | held | rows TAU ALPHA" >&2; exit 2 ;;
+  *) echo "usage: $0 grid | held | rows TAU ALPHA | pilot ARM" >&2; exit 2 ;;
 esac
