@@ -9,6 +9,13 @@
 #   bash docs/runs/papers/inan.sh pilot ARM       # their own configuration (below), 10 epochs,
 #                                                 # with their dropout of h(t-1) (ARM recurrent)
 #                                                 # or DropConnect standing in for it (wdrop)
+#   bash docs/runs/papers/inan.sh gamma           # REAL at gamma 0.5, 0.65, 0.8, 6 epochs each
+#   bash docs/runs/papers/inan.sh small GAMMA     # their four small rows, two side by side
+#   bash docs/runs/papers/inan.sh medium GAMMA    # their four medium rows (2x650) on one GPU,
+#                                                 # the four processes side by side
+# DROP (default recurrent) picks the pilot's arm for gamma, small and medium; EPOCHS sets the
+# rows' length (default 40 small, 50 medium: the rate x0.9 a epoch from the 5th, or the 10th,
+# is down to 2-3% by then and the curves flat).
 #
 # One run at a time; rerun the same command to continue where it stopped. Logs and CSVs go to
 # runs/papers/ (or $OUT). What is theirs and what we chose (their dropout rate, schedule and
@@ -34,7 +41,50 @@ INAN=(--embed_size 200 --hidden_size 200 --num_layers 2 --variational --dropout 
       --clip 0.143 --schedule step --decay_start 5 --lr_factor 0.9 --weight_decay 0
       --seed 1111)
 
+case "${DROP:-recurrent}" in
+  recurrent) THEIRS=(--dropout_recurrent 0.3) ;;
+  wdrop) THEIRS=(--wdrop 0.3) ;;
+  *) echo "DROP is recurrent or wdrop" >&2; exit 2 ;;
+esac
+# Their reused embeddings: the output layer is the embedding, with a zero bias (section 4).
+RE=(--tied --no-decoder_bias)
+# The medium configuration: 2x650, dropout 0.5 (keep probability 0.5), the rate x0.9 from the
+# 10th epoch; Zaremba's medium initialisation (+-0.05; theirs was not recovered).
+MEDIUM=(--embed_size 650 --hidden_size 650 --num_layers 2 --variational --dropout 0.5
+        --dropouti 0 --batch_size 20 --seq_length 35 --init_range 0.05 --optimizer sgd
+        --lr 35 --clip 0.143 --schedule step --decay_start 10 --lr_factor 0.9
+        --weight_decay 0 --seed 1111)
+side_by_side() {  # run each "name flags..." line of stdin as a row, all at once; fail if any does
+  local pids=() status=0 line
+  while read -r line; do
+    eval "row $line" & pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  return $status
+}
+
 case "${1:-}" in
+  gamma)
+    for gamma in 0.5 0.65 0.8; do
+      row "inan2_gamma_${gamma}" "${INAN[@]}" "${THEIRS[@]}" "${RE[@]}" --epochs 6 \
+          --al_temperature 20 --al_weight "$gamma"
+    done ;;
+  small|medium)
+    [ $# -eq 2 ] || { echo "usage: $0 $1 GAMMA" >&2; exit 2; }
+    AL="--al_temperature 20 --al_weight $2"
+    if [ "$1" = small ]; then
+      flags="${INAN[*]} ${THEIRS[*]} --epochs ${EPOCHS:-40}"
+      THREADS=${THREADS:-1} side_by_side <<< "inan2_vd $flags
+inan2_vd_re $flags ${RE[*]}"
+      THREADS=${THREADS:-1} side_by_side <<< "inan2_vd_real $flags ${RE[*]} $AL
+inan2_vd_al $flags $AL"
+    else
+      flags="${MEDIUM[*]} ${THEIRS[*]} --epochs ${EPOCHS:-50} --device cuda"
+      side_by_side <<< "inan2_medium_vd $flags
+inan2_medium_vd_re $flags ${RE[*]}
+inan2_medium_vd_real $flags ${RE[*]} $AL
+inan2_medium_vd_al $flags $AL"
+    fi ;;
   pilot)  # ARM: wdrop or recurrent (each alone, so that the two can run side by side)
     case "${2:-}" in
       wdrop) row inan2_pilot_wdrop "${INAN[@]}" --wdrop 0.3 --epochs 10 ;;
@@ -63,5 +113,6 @@ case "${1:-}" in
     row inan_vd_re "${VD[@]}" --epochs 40 --tied
     row inan_vd_real "${VD[@]}" --epochs 40 --tied "${AL[@]}"
     row inan_vd_al "${VD[@]}" --epochs 40 "${AL[@]}" ;;
-  *) echo "usage: $0 grid | held | rows TAU ALPHA | pilot ARM" >&2; exit 2 ;;
+  *) echo "usage: $0 grid | held | rows TAU ALPHA | pilot ARM | gamma | small GAMMA |" \
+          "medium GAMMA" >&2; exit 2 ;;
 esac
