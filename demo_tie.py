@@ -36,6 +36,7 @@ from lm.device import (
 from lm.distributed import ShareError
 from lm.distributed import setup as setup_processes
 from lm.loop import evaluate, perplexity
+from lm.optim import epochs_since_best
 from lm.recipes import describe_recipe
 from lm.resume import seed_everything
 from lm.runfiles import LockError, MetricsError, MetricsLog, RunFiles, SavePathError, release_locks
@@ -58,6 +59,10 @@ def train(args, given, device, stop, group, on_window=None):
             run.metrics = MetricsLog(run.files.metrics,
                                      resume_after=run.next_epoch - 1 if run.resumed_from else None)
         for epoch in range(run.next_epoch, args.epochs + 1):
+            if args.early_stop and epochs_since_best(run.val_losses) >= args.early_stop:
+                print(f'Early stopping: {args.early_stop} epochs without a better validation '
+                      f'perplexity than {perplexity(run.best_val):.4f}', flush=True)
+                break
             if group.stop_agreed(stop.signum is not None, now=True):
                 stopped = True
                 break

@@ -230,6 +230,9 @@ FLAGS = [
     Flag('decay_start', 1, 'With --schedule step: the first epoch at whose end the rate is '
          'multiplied by --lr_factor', positive_int, resume='changeable', before=1,
          group=OPTIMISER, metavar='EPOCH'),
+    Flag('early_stop', 0, 'End training once N epochs in a row have not bettered the best '
+         'validation perplexity, and test the best model (0: off, every --epochs)',
+         non_negative_int, resume='changeable', before=0, group=OPTIMISER, metavar='N'),
     Flag('warmup', 0.0, 'Raise the learning rate linearly from near 0 to --lr over the first '
          'EPOCHS epochs (fractions allowed), step by step, under either schedule',
          non_negative_float, resume='changeable', before=0.0, group=OPTIMISER, metavar='EPOCHS'),

@@ -48,6 +48,16 @@ def averaging_should_start(val_losses, val_loss, nonmono):
     return len(val_losses) > nonmono and val_loss > min(val_losses[:-nonmono])
 
 
+def epochs_since_best(val_losses):
+    """Epochs since the best of `val_losses` (every finished epoch's validation loss, oldest
+    first; a tie is no improvement): 0 when the newest is the best, or there is none. Derived
+    from the losses that the last checkpoint keeps, so a resumed run counts on exactly."""
+    if not val_losses:
+        return 0
+    best = min(range(len(val_losses)), key=val_losses.__getitem__)  # the first of equal ones
+    return len(val_losses) - 1 - best
+
+
 class WeightAverage:
     """The mean of the model's weights after each step since averaging started (the "A" of
     NT-ASGD; torch.optim.ASGD with t0=0, lambd=0, which AWD-LSTM switches to, keeps nearly

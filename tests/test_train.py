@@ -3,6 +3,7 @@
 import csv
 import os
 import re
+import signal
 import stat
 
 import pytest
@@ -13,12 +14,15 @@ from conftest import (
     TINY,
     copy_run,
     pattern_corpus,
+    printed_test_lines,
     run_main,
+    signal_at,
     snapshot,
     train,
     write_corpus,
 )
 from lm.device import cpu_has_native_bfloat16
+from lm.runfiles import read_metrics
 
 
 def test_training_prints_the_reference_lines_and_learns_a_predictable_corpus(trained):
@@ -216,3 +220,38 @@ def test_the_advice_after_a_divergence_names_the_flags_that_scale_the_loss(tmp_p
     assert proc.returncode == 1, proc.stderr
     assert f'this run also has {named}, which can make the loss diverge' in proc.stderr
     assert proc.stderr.count('\n') == 1 and 'Traceback' not in proc.stderr
+
+
+FROZEN = ['--optimizer', 'sgd', '--lr', '1e-30']  # steps too small to move a float32 weight:
+# every epoch validates exactly as the first, so none betters it
+
+
+def test_early_stopping_ends_after_n_epochs_without_a_better_validation_and_tests(tmp_path):
+    proc, _ = train(tmp_path, *FROZEN, '--early_stop', '2', epochs=6)
+    assert proc.returncode == 0, proc.stderr
+    assert 'Epoch: 3,' in proc.stdout and 'Epoch: 4,' not in proc.stdout
+    assert re.search(r'^Early stopping: 2 epochs without a better validation perplexity than '
+                     r'\d+\.\d{4}$', proc.stdout, re.MULTILINE)
+    assert printed_test_lines(proc)  # the best model is tested, as at a normal end
+    assert [row['epoch'] for row in read_metrics(tmp_path / 'model.csv')] == [1, 2, 3]
+
+
+def test_early_stopping_counts_on_exactly_across_a_stop_in_mid_epoch(tmp_path):
+    whole, _ = train(tmp_path / 'whole', *FROZEN, '--early_stop', '2', epochs=6)
+    stopped, _ = train(tmp_path / 'stopped', *FROZEN, '--early_stop', '2', epochs=6,
+                       on_window=signal_at(3, 20))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    resumed = run_main('demo_tie.py', '--data_dir', tmp_path / 'stopped' / 'corpus',
+                       '--save_path', tmp_path / 'stopped' / 'model.pt', '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    early = [line for line in whole.stdout.splitlines() if line.startswith('Early stopping')]
+    assert early and early == [line for line in resumed.stdout.splitlines()
+                               if line.startswith('Early stopping')]
+    assert 'Epoch: 3,' in resumed.stdout and 'Epoch: 4,' not in resumed.stdout
+    assert printed_test_lines(resumed) == printed_test_lines(whole)
+
+
+def test_without_early_stop_every_epoch_runs(tmp_path):
+    proc, _ = train(tmp_path, *FROZEN, epochs=4)
+    assert proc.returncode == 0 and 'Epoch: 4,' in proc.stdout
+    assert 'Early stopping' not in proc.stdout
