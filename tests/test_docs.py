@@ -76,7 +76,8 @@ def test_the_documented_test_command_installs_what_the_tests_import():
     readme = (ROOT / 'README.md').read_text(encoding='utf-8')
     install = next(line for line in readme.splitlines()
                    if line.startswith('pip install') and 'pytest' in line)
-    for package in ('pytest', 'pytest-xdist', 'matplotlib', 'ruff', 'gensim', 'nltk'):
+    for package in ('pytest', 'pytest-xdist', 'matplotlib', 'ruff', 'gensim', 'nltk', 'onnx',
+                    'onnxruntime'):
         assert package in install.split()
     assert 'python -m pytest -q tests' in readme  # the one-core command
 
