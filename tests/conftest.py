@@ -173,6 +173,18 @@ def printed_test_lines(proc):
     return [l for l in proc.stdout.splitlines() if l.startswith('Test Loss')]
 
 
+def check_the_scripts_read_it(folder, whole):
+    """The best model of the run in `folder` (trained to `whole`, a completed process) tests
+    with --eval_only to the run's own Test lines, and generate.py and score.py read it."""
+    evaluated = run_main('demo_tie.py', '--eval_only', '--save_path', folder / 'model.pt',
+                         '--data_dir', folder / 'corpus')
+    assert printed_test_lines(evaluated) == printed_test_lines(whole), evaluated.stderr
+    for proc in (run_main('generate.py', '--checkpoint', folder / 'model.pt', '--num_words', 4),
+                 run_main('score.py', '--checkpoint', folder / 'model.pt',
+                          folder / 'corpus' / 'test.txt')):
+        assert proc.returncode == 0, proc.stderr
+
+
 def snapshot(folder, names=('model.pt', 'model.last.pt', 'model.csv')):
     return {n: (folder / n).read_bytes() for n in names if (folder / n).exists()}
 

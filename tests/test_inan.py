@@ -8,6 +8,7 @@ from torch import nn
 from conftest import (
     LOGPROB_TOL,
     TINY,
+    check_the_scripts_read_it,
     printed_test_lines,
     run_main,
     run_whole_and_interrupted,
@@ -71,13 +72,7 @@ def test_a_run_with_them_resumes_bit_for_bit_evaluates_generates_and_scores(tmp_
     ckpt = torch.load(tmp_path / 'model.pt', weights_only=True)
     assert ckpt['model_args']['dropout_recurrent'] == 0.3
     assert ('fc.bias' in ckpt['model_state']) == ('--no-decoder_bias' not in flags)
-    evaluated = run_main('demo_tie.py', '--eval_only', '--save_path', tmp_path / 'model.pt',
-                         '--data_dir', tmp_path / 'corpus')
-    assert printed_test_lines(evaluated) == printed_test_lines(whole), evaluated.stderr
-    for proc in (run_main('generate.py', '--checkpoint', tmp_path / 'model.pt', '--num_words', 4),
-                 run_main('score.py', '--checkpoint', tmp_path / 'model.pt',
-                          tmp_path / 'corpus' / 'test.txt')):
-        assert proc.returncode == 0, proc.stderr
+    check_the_scripts_read_it(tmp_path, whole)
 
 
 def test_a_decoder_without_bias_has_none_and_the_recurrent_rate_is_checked(tmp_path):

@@ -8,6 +8,7 @@ import torch
 import data
 from conftest import (
     TINY,
+    check_the_scripts_read_it,
     printed_test_lines,
     run_main,
     run_whole_and_interrupted,
@@ -26,13 +27,7 @@ def test_a_tied_model_of_unequal_sizes_trains_resumes_evaluates_generates_and_sc
     assert '(projection): Linear(in_features=16, out_features=8, bias=True)' in whole.stdout
     ckpt = torch.load(tmp_path / 'model.pt', weights_only=True)
     assert ckpt['model_args']['projection'] and ckpt['model_state']['fc.weight'].shape[1] == 8
-    evaluated = run_main('demo_tie.py', '--eval_only', '--save_path', tmp_path / 'model.pt',
-                         '--data_dir', tmp_path / 'corpus')
-    assert printed_test_lines(evaluated) == printed_test_lines(whole), evaluated.stderr
-    for proc in (run_main('generate.py', '--checkpoint', tmp_path / 'model.pt', '--num_words', 4),
-                 run_main('score.py', '--checkpoint', tmp_path / 'model.pt',
-                          tmp_path / 'corpus' / 'test.txt')):
-        assert proc.returncode == 0, proc.stderr
+    check_the_scripts_read_it(tmp_path, whole)
 
 
 def test_the_projection_adds_its_matrix_and_bias_to_the_parameters():
