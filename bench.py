@@ -4,6 +4,7 @@ memory.
     python bench.py                        # the reference model (2x650 tied, batch 20, seq 30)
     python bench.py --embed_size 200 --hidden_size 200 --windows 50 --json bench.json
     python bench.py --compare_example      # also time the word_language_model example's loop
+    python bench.py --onnx                 # also score and generate with the ONNX export
     python bench.py --amp                  # each loop in float32 and bfloat16, and --amp's choice
     python bench.py --recipe regularized   # the model and loss of demo_tie.py's recipe
     python bench.py --read_corpus DIR      # time reading a corpus folder, and its peak memory
@@ -13,6 +14,7 @@ generate.py run. PTB is used when data/penn exists, else random tokens over a vo
 the same size. It is a measurement, not a test: nothing here asserts a speed.
 """
 import argparse
+import copy
 import json
 import os
 import platform
@@ -20,6 +22,7 @@ import random
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import replace
 
@@ -147,6 +150,9 @@ def build_parser():
     p.add_argument('--warmup', type=non_negative_int, default=1,
                    help='Repeats run first and not counted')
     p.add_argument('--gen_words', type=positive_int, default=200)
+    p.add_argument('--onnx', action='store_true',
+                   help='Also time scoring and generation by the model exported by export.py, '
+                        'run by ONNX Runtime (on the CPU, with as many threads)')
     p.add_argument('--compare_example', action='store_true',
                    help="Also time the word_language_model example's loop")
     p.add_argument('--json', metavar='FILE', help='Also write the results as JSON')
@@ -205,11 +211,54 @@ def loops_to_time(args, device):
              'generate': (precisions('generate', lambda dtype: sample(
                  model, prompt, args.gen_words, generator=generator, autocast_dtype=dtype)),
                  args.gen_words, 'words/s')}
+    if args.onnx:
+        onnx_evaluate, onnx_generate = onnx_loops(model, batched, args.seq_length, prompt,
+                                                  args.gen_words)
+        loops['evaluate'][0]['evaluate (onnxruntime)'] = onnx_evaluate
+        loops['generate'][0]['generate (onnxruntime)'] = onnx_generate
     config = (f'{args.num_layers}x{args.hidden_size} {"tied" if args.tied else "untied"}, embed '
               f'{args.embed_size}, batch {args.batch_size}, seq {args.seq_length}, vocab '
               f'{vocab_size} ({source}), {args.windows} windows a repeat, recipe {args.recipe}'
               + (f', bfloat16 products {speedup:.2f}x float32' if speedup is not None else ''))
     return config, loops
+
+
+def onnx_loops(model, batched, seq_length, prompt, n_words):
+    """The evaluator's and the generator's work done by ONNX Runtime on the model as export.py
+    writes it: every window's cross-entropy with the state carried, and `n_words` words
+    sampled one at a time after `prompt`."""
+    import onnxruntime  # an optional dependency: main() has checked it is there
+
+    from export import export
+    path = os.path.join(tempfile.mkdtemp(), 'bench.onnx')
+    export(copy.deepcopy(model).cpu(), path)  # export changes the model it is given
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # as many threads as PyTorch's
+    session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+    def run(ids, state):
+        out = session.run(None, {'ids': ids, 'h': state[0], 'c': state[1]})
+        return torch.from_numpy(out[0]), out[1:]
+
+    def evaluate_windows():
+        state, total = [s.numpy() for s in model.init_hidden(batched.size(0))], 0.0
+        for start in data.window_starts(batched, seq_length):
+            x, y = data.get_window(batched, start, seq_length)
+            logits, state = run(x.numpy(), state)
+            total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                                           reduction='sum'))
+        return total
+
+    generator = torch.Generator().manual_seed(0)
+
+    def generate_words():
+        state = [s.numpy() for s in model.init_hidden(1)]
+        logits, state = run(torch.tensor([prompt]).numpy(), state)
+        for _ in range(n_words):  # as generate.py samples: float64 on the CPU
+            word = torch.multinomial(F.softmax(logits[0, -1].double(), -1), 1,
+                                     generator=generator)
+            logits, state = run(word.view(1, 1).numpy(), state)
+    return evaluate_windows, generate_words
 
 
 def print_results(config, device, results, peak):
@@ -251,6 +300,14 @@ def main(argv=None):
         raise SystemExit(1) from None
     except ValueError as e:
         p.error(str(e))
+    if args.onnx:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            print('error: --onnx needs onnx and onnxruntime: pip install onnx onnxruntime',
+                  file=sys.stderr)
+            return 1
     if args.json:  # fail now, not after the whole benchmark
         try:
             open(args.json, 'a').close()

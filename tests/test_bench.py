@@ -1,6 +1,8 @@
 """bench.py runs and reports what it times; nothing here asserts a speed."""
 import json
 
+import pytest
+
 from conftest import run_main
 from lm.device import cpu_has_native_bfloat16
 
@@ -51,3 +53,15 @@ def test_bench_checks_its_json_path_before_measuring(tmp_path):
                     '8', '--hidden_size', '8')
     assert proc.returncode == 2 and 'cannot write --json' in proc.stderr
     assert 'measure' not in proc.stdout
+
+
+def test_bench_times_the_onnx_export_beside_pytorch(tmp_path):
+    pytest.importorskip('onnxruntime', reason='--onnx needs onnxruntime')
+    out = tmp_path / 'bench.json'
+    proc = run_main('bench.py', '--embed_size', '16', '--hidden_size', '16', '--batch_size', '4',
+                    '--seq_length', '5', '--windows', '3', '--repeats', '1', '--warmup', '0',
+                    '--gen_words', '5', '--onnx', '--json', out, '--device', 'cpu')
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())['results']
+    assert {'evaluate (onnxruntime)', 'generate (onnxruntime)'} <= set(results)
+    assert all(r['median'] > 0 for r in results.values())
