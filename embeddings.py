@@ -28,10 +28,9 @@ import json
 import os
 
 import numpy as np
-import torch
 
 import data
-from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.checkpoint import CheckpointError, build_model, load_checkpoint
 from lm.flags import positive_int
 
 
@@ -41,18 +40,15 @@ def benchmark_files():
     return {'SimLex-999': datapath('simlex999.txt'), 'WordSim-353': datapath('wordsim353.tsv')}
 
 
-def matrices(ckpt, name, path):
+def matrices(ckpt, name):
     """{label: (vocabulary x dimension) array} of a checkpoint: input and output when untied,
-    tied when tied. `name` labels them when several checkpoints are compared. Weights that
-    are not finite are refused (CheckpointError), as every script refuses them."""
-    state, tied = ckpt['model_state'], ckpt['model_args']['tied']
-    found = {'tied': state['embedding.weight']} if tied else {
-        'input': state['embedding.weight'], 'output': state['fc.weight']}
-    bad = [label for label, m in found.items() if not torch.isfinite(m).all()]
-    if bad:
-        raise CheckpointError(f'{path} holds NaN or infinite weights (its {bad[0]} embedding): '
-                              'it was saved from a run that diverged and cannot be used')
-    return {f'{label} ({name})': m.float().numpy() for label, m in found.items()}
+    tied when tied. `name` labels them when several checkpoints are compared. The model is
+    built as every script builds it, so weights that do not fit or are not finite are refused
+    (CheckpointError) in the same words."""
+    model = build_model(ckpt)
+    found = {'tied': model.embedding.weight} if ckpt['model_args']['tied'] else {
+        'input': model.embedding.weight, 'output': model.fc.weight}
+    return {f'{label} ({name})': m.detach().float().numpy() for label, m in found.items()}
 
 
 def names_of(paths):
@@ -180,7 +176,7 @@ def main(argv=None):
     try:
         for path, name in zip(args.checkpoint, names_of(args.checkpoint)):
             ckpt = load_checkpoint(path)
-            for label, matrix in matrices(ckpt, name, path).items():
+            for label, matrix in matrices(ckpt, name).items():
                 found[label], vocabs[label] = matrix, ckpt['vocab']
     except CheckpointError as e:
         print(f'error: {e}', file=sys.stderr)
