@@ -46,6 +46,7 @@ from lm.device import (
 )
 from lm.flags import non_negative_int, positive_int
 from lm.loop import Stepping, evaluate, train_epoch
+from lm.loss import Objective
 from lm.optim import make_optimizer
 from lm.recipes import apply_recipe
 from lm.resume import seed_everything
@@ -184,10 +185,8 @@ def loops_to_time(args, device):
               file=sys.stderr)
     if speedup is not None:
         amp_dtype = torch.bfloat16
-    stepping = Stepping(make_optimizer(model, 1e-3, 1e-5), clip=5.0, alpha=args.alpha,
-                        beta=args.beta, proj_reg=args.proj_reg, al_weight=args.al_weight,
-                        al_temperature=args.al_temperature,
-                        al_through_target=args.al_through_target)
+    stepping = Stepping(make_optimizer(model, 1e-3, 1e-5), clip=5.0,
+                        objective=Objective.from_flags(args))
     tokens = batched.size(0) * (batched.size(1) - 1)
     prompt = [data.SOS] + stream[:10].tolist()
     generator = torch.Generator().manual_seed(0)

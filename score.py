@@ -68,7 +68,8 @@ from lm.flags import (
     non_negative_int,
     positive_int,
 )
-from lm.loop import cross_entropy, perplexity, token_losses
+from lm.loop import perplexity, token_losses
+from lm.loss import cross_entropy
 
 LINES_PER_BATCH = 64  # --independent: lines scored side by side (sorted by length, padded)
 LOGITS_BUDGET = 2**24  # --independent: scores held at once (64 MB of float32)

@@ -25,7 +25,7 @@ import math
 import torch
 
 import data
-from lm.loop import cross_entropy
+from lm.loss import cross_entropy
 from model import detach_hidden
 
 EPSILON = 1e-5  # Krause et al.'s: keeps weights whose gradients were ~0 on training text still

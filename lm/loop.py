@@ -1,16 +1,15 @@
 """The loop: one epoch of truncated BPTT, and evaluation. Shared by the trainer, the scorer,
-the benchmark and the tests, so all of them run exactly the same loop; `cross_entropy` is the
-one token loss of all of them.
+the benchmark and the tests, so all of them run exactly the same loop (the loss: lm/loss.py).
 """
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 import data
+from lm.loss import Objective, cross_entropy
 from lm.optim import scaled_lr
 from model import detach_hidden
 
@@ -33,12 +32,6 @@ def perplexity(loss):
     return float('inf') if loss >= 700 else math.exp(loss)  # NaN stays NaN
 
 
-def cross_entropy(logits, targets, reduction='mean'):
-    """The loss of each target (`reduction` 'none'), or their mean: logits (..., vocab) and
-    targets (...) of the same leading shape, computed in float32 whatever precision autocast
-    gave the logits."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                           reduction=reduction)
 
 
 @dataclass(frozen=True)
@@ -50,12 +43,7 @@ class Stepping:
                                       # wrapper (default: the model)
     autocast_dtype: torch.dtype = None  # bfloat16 or float16 under --amp
     scaler: object = None             # GradScaler, with float16
-    alpha: float = 0.0                # AR and TAR weights (see activation_penalty)
-    beta: float = 0.0
-    proj_reg: float = 0.0             # weight of the projection's squared norm (Press & Wolf)
-    al_weight: float = 0.0            # Inan et al.'s augmented loss (see augmented_loss)
-    al_temperature: float = 10.0
-    al_through_target: bool = True
+    objective: Objective = field(default_factory=Objective)  # the loss and its terms
     weight_average: object = None     # an lm.optim.WeightAverage: takes in each step's weights
     average_losses: Callable = None   # several processes: their window losses -> the batch's
 
@@ -83,7 +71,6 @@ def train_epoch(model, train_data, windows, stepping, start=EpochStart(), lr_fac
     """
     forward = model if stepping.forward is None else stepping.forward
     device = train_data.device
-    regularize = bool(stepping.alpha or stepping.beta)
     losses = start.losses if start.losses is not None else torch.zeros(len(windows), device=device)
     hidden = start.hidden if start.hidden is not None else model.init_hidden(train_data.size(0))
     checked, reported_sum = start.window, 0.0
@@ -93,24 +80,7 @@ def train_epoch(model, train_data, windows, stepping, start=EpochStart(), lr_fac
         hidden = detach_hidden(hidden)
         with torch.autocast(device.type, dtype=stepping.autocast_dtype,
                             enabled=stepping.autocast_dtype is not None):
-            if regularize:
-                logits, hidden, output, dropped = forward(x, hidden, with_outputs=True)
-            else:
-                logits, hidden = forward(x, hidden)
-            loss = cross_entropy(logits, y)
-            objective = loss
-            if regularize:
-                objective = loss + activation_penalty(output, dropped, stepping.alpha,
-                                                      stepping.beta)
-            if stepping.proj_reg:
-                objective = objective + stepping.proj_reg * model.projection.weight.pow(2).sum()
-            if stepping.al_weight:
-                objective = objective + stepping.al_weight * augmented_loss(
-                    logits, model.fc.bias, model.embedding.weight, y, stepping.al_temperature,
-                    stepping.al_through_target)
-        # The graph keeps the log-probabilities it needs, not the logits: dropped here, they
-        # are freed before backward makes the gradient, which lowers the peak by a logits' size.
-        del logits
+            loss, objective, hidden = stepping.objective(model, forward, x, y, hidden)
         take_step(model, objective, stepping, 1 if lr_factors is None else lr_factors[k])
         losses[k] = loss.detach()
         del objective  # freed before the next window's forward makes its own
@@ -152,41 +122,8 @@ def take_step(model, objective, stepping, lr_factor):
         stepping.weight_average.update(model)
 
 
-def activation_penalty(output, dropped, alpha, beta):
-    """AWD-LSTM's activation regularisation on the last LSTM layer's output (batch, time,
-    hidden): AR, alpha x the mean square of the output after dropout (keeps activations
-    small), plus TAR, beta x the mean square of the step-to-step change of the output before
-    dropout (keeps the hidden state slow)."""
-    penalty = output.new_zeros(())
-    if alpha:
-        penalty = penalty + alpha * dropped.float().pow(2).mean()
-    if beta:
-        penalty = penalty + beta * (output[:, 1:] - output[:, :-1]).float().pow(2).mean()
-    return penalty
 
 
-def augmented_loss(logits, bias, embedding, targets, tau, through_target=True):
-    """Inan et al.'s augmented loss (AL), averaged over the targets: tau x KL(y~ || y^), with
-    y^ = softmax((logits - bias) / tau), the prediction tempered without the decoder bias,
-    and y~ = softmax(L u / tau), the target estimated from the input embedding L (the rows of
-    `embedding`) by inner products with the target word's own vector u. Their gradient
-    analysis scales the term by tau, so that tau does not shrink its gradient.
-
-    With `through_target` the gradient also reaches L through y~, which keeps L in check: y~
-    sharpens as a word's vector grows (u.u / tau), and a y~ held constant is a target that
-    recedes as the prediction chases it, so the vectors of frequent, predictable targets keep
-    growing (docs/papers.md). Only (targets x vocabulary) tensors, never vocabulary x
-    vocabulary."""
-    flat = logits.reshape(-1, logits.size(-1)).float()
-    if bias is not None:  # None: a decoder without a bias (--no-decoder_bias)
-        flat = flat - bias.float()
-    log_predicted = F.log_softmax(flat / tau, dim=-1)
-    table = embedding if through_target else embedding.detach()
-    # A lookup, not table[targets]: indexing's gradient is summed by atomic adds from several
-    # CPU threads in any order, and runs with AL would not repeat bit for bit.
-    u = F.embedding(targets.reshape(-1), table)
-    log_estimated = F.log_softmax((u @ table.t()).float() / tau, dim=-1)
-    return tau * F.kl_div(log_predicted, log_estimated, log_target=True, reduction='batchmean')
 
 
 def epoch_loss(losses, windows):

@@ -47,6 +47,7 @@ from lm.loop import (
     perplexity,
     train_epoch,
 )
+from lm.loss import Objective
 from lm.optim import (
     WeightAverage,
     apply_changes,
@@ -154,9 +155,8 @@ def start_run(args, given, device, group, stop):
     scheduler = make_scheduler(optimizer, args.lr_factor, args.lr_patience)
     forward, autocast_dtype, scaler = speedups(args, model, group.wrap(model), device,
                                                streams['train'].size(0), group)
-    stepping = Stepping(optimizer, args.clip, forward, autocast_dtype, scaler, args.alpha,
-                        args.beta, args.proj_reg, args.al_weight, args.al_temperature,
-                        args.al_through_target,
+    stepping = Stepping(optimizer, args.clip, forward, autocast_dtype, scaler,
+                        Objective.from_flags(args),
                         average_losses=group.mean if group.world_size > 1 else None)
     run = Run(args, group, files, corpus, streams, model, scheduler, stepping,
               evaluator=forward if group.world_size == 1 else model, run_id=uuid.uuid4().hex,

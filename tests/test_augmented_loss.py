@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import printed_test_lines, run_main, states_equal, train
-from lm.loop import augmented_loss
+from lm.loss import augmented_loss
 
 
 def test_the_augmented_loss_and_its_gradient_are_the_formula():

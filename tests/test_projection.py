@@ -15,6 +15,7 @@ from conftest import (
     states_equal,
 )
 from lm.loop import Stepping, train_epoch
+from lm.loss import Objective
 from model import LSTMLanguageModel, count_parameters
 
 UNEQUAL = ['--embed_size', '8', '--projection']  # after TINY's --hidden_size 16
@@ -49,7 +50,8 @@ def test_proj_reg_adds_twice_its_weight_times_p_to_the_gradient():
     for reg in (0.0, 0.05):
         copy_ = copy.deepcopy(model)
         opt = torch.optim.SGD(copy_.parameters(), lr=1.0)
-        train_epoch(copy_, batched, windows, Stepping(opt, clip=1e9, proj_reg=reg))
+        train_epoch(copy_, batched, windows,
+                    Stepping(opt, clip=1e9, objective=Objective(proj_reg=reg)))
         stepped[reg] = copy_.projection.weight.detach()
     assert torch.allclose(stepped[0.0] - stepped[0.05], 2 * 0.05 * before, atol=1e-6)
 
