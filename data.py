@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lm import UserError
+
 SPECIALS = ['<pad>', '<sos>', '<eos>']
 PAD, SOS, EOS = 0, 1, 2
 UNK = '<unk>'
@@ -22,7 +24,7 @@ SPLITS = ('train', 'valid', 'test')
 NUMBER = re.compile(r'[+-]?\d[\d,./:]*')
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A problem with the user's data, worded for the user."""
 
 

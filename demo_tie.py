@@ -22,8 +22,9 @@ import os
 import time
 
 import data
-from lm import flags, trainer
-from lm.checkpoint import CheckpointError, build_model, check_stored_args, load_checkpoint
+from lm import UserError, flags, trainer
+from lm.checkpoint import build_model, check_stored_args, load_checkpoint
+from lm.console import progress
 from lm.device import (
     DeviceUnavailable,
     allocation_failure,
@@ -33,18 +34,15 @@ from lm.device import (
     memory_of,
     out_of_memory,
 )
-from lm.distributed import ShareError
 from lm.distributed import setup as setup_processes
 from lm.loop import evaluate, perplexity
 from lm.optim import epochs_since_best
 from lm.recipes import describe_recipe
 from lm.resume import seed_everything
-from lm.runfiles import LockError, MetricsError, MetricsLog, RunFiles, SavePathError, release_locks
+from lm.runfiles import MetricsLog, RunFiles, SavePathError, release_locks
 from model import count_parameters, lstm_parameters, tied_size_problem
 
 RULE = '-' * 41
-USER_ERRORS = (data.DataError, CheckpointError, SavePathError, LockError, MetricsError,
-               trainer.RunError, ShareError)  # each ends the run with its one line
 
 
 def train(args, given, device, stop, group, on_window=None):
@@ -93,7 +91,8 @@ def train(args, given, device, stop, group, on_window=None):
             return status
     trainer.load_best(run)
     run.stop.immediate = True  # a signal now ends the test at once; --eval_only repeats it
-    print_test_block(run.model, run.streams['test'], args.seq_length, forward=run.evaluator,
+    print_test_block(run.model, run.streams['test'], args.seq_length, group.is_main,
+                     forward=run.evaluator,
                      autocast_dtype=run.stepping.autocast_dtype, add_across=group.sum)
     return 0
 
@@ -141,13 +140,13 @@ def report_unknown(corpus):
         print('Words not in the vocabulary, read as <unk>: ' + ', '.join(counts))
 
 
-def print_test_block(model, test_data, seq_length, **kw):
+def print_test_block(model, test_data, seq_length, shown, **kw):
     print(RULE)
     print('Testing: ', flush=True)
-    with trainer.bar(total=len(data.window_starts(test_data, seq_length)),
-                     desc='Test Evaluation') as progress:
+    with progress(len(data.window_starts(test_data, seq_length)), 'Test Evaluation',
+                  shown=shown, leave=True) as bar:
         loss, loss_no_sos = evaluate(model, test_data, seq_length,
-                                     on_window=lambda k: progress.update(), **kw)
+                                     on_window=lambda k: bar.update(), **kw)
     print(RULE)
     print(f'Test Loss: {loss:.4f}, Test Perplexity: {perplexity(loss):.4f}')
     print(f'Test Loss without <sos>: {loss_no_sos:.4f}, Test Perplexity without <sos>: '
@@ -179,7 +178,7 @@ def eval_only(args, device, stop, group):
     print(f'Validation Loss: {val_loss:.4f}, Validation Perplexity: {perplexity(val_loss):.4f}')
     print(f'Validation Loss without <sos>: {val_no_sos:.4f}, Validation Perplexity without '
           f'<sos>: {perplexity(val_no_sos):.4f}')
-    print_test_block(model, test_data, seq_length, add_across=group.sum)
+    print_test_block(model, test_data, seq_length, group.is_main, add_across=group.sum)
     return 0
 
 
@@ -268,7 +267,6 @@ def main(argv=None, on_window=None):
         problem = memory_problem(args, device)
         if problem:
             parser.error(problem)
-    trainer.SPEAKS = group.is_main
     apply_threads(args.threads, device)
     seed_everything(args.seed)
     keep_freed_memory()
@@ -279,7 +277,7 @@ def main(argv=None, on_window=None):
         status = eval_only(args, device, stop, group) if args.eval_only else \
             train(args, given, device, stop, group, on_window)
         group.finish()
-    except USER_ERRORS as e:
+    except UserError as e:  # each ends the run with its one line
         if group.is_main:
             print(f'error: {e}', file=sys.stderr)
         status = 1

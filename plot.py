@@ -13,12 +13,14 @@ import csv
 import os
 import sys
 
+from lm import UserError
+
 REQUIRED = ('epoch', 'val_ppl', 'seconds')
 # The validation perplexities the reference README prints (2x650 tied, its defaults, a GPU).
 REFERENCE_POINTS = {1: 217.7246, 2: 167.3639, 40: 77.9963}
 
 
-class CurveError(Exception):
+class CurveError(UserError):
     pass
 
 

@@ -38,7 +38,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import data
 from lm.adapt import (
@@ -56,6 +55,7 @@ from lm.checkpoint import (
     check_stored_args,
     load_checkpoint,
 )
+from lm.console import progress
 from lm.device import (
     apply_device_flags,
     escape_what_output_cannot_encode,
@@ -190,12 +190,6 @@ def read_text(path, vocab):
                 respelled_per_line, unk_per_line)
 
 
-def progress(total, desc, unit='it'):
-    """A bar on stderr for inputs long enough to wait for."""
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=total < 20, leave=False,
-                unit=unit, unit_scale=unit != 'it')
-
-
 def score_carried(model, stream, batch_size, seq_length, autocast_dtype, device, scorer=None):
     """Loss of each stream position (NaN where the layout scores none) with the stream laid
     out as evaluation lays it out, and the totals as the trainer computes them. `scorer`:
@@ -203,7 +197,7 @@ def score_carried(model, stream, batch_size, seq_length, autocast_dtype, device,
     batched = data.batchify(stream, batch_size).to(device)
     starts = data.window_starts(batched, seq_length)
     steps = batched.size(1)
-    with progress(batched.numel() - batch_size, 'Scoring', unit='tok') as bar:
+    with progress(batched.numel() - batch_size, 'Scoring', unit='tok', hide_below=20) as bar:
         result = token_losses(
             model, batched, seq_length, autocast_dtype=autocast_dtype, keep_tokens=True,
             scorer=scorer,
@@ -228,7 +222,7 @@ def score_independent(model, text, autocast_dtype, device, budget=LOGITS_BUDGET)
     vocab = model.fc.out_features
     per_batch = max(1, min(LINES_PER_BATCH, budget // vocab))
     nll = np.full(text.stream.numel(), np.nan)
-    with progress(math.ceil(len(order) / per_batch), 'Scoring') as bar:
+    with progress(math.ceil(len(order) / per_batch), 'Scoring', hide_below=20) as bar:
         for first in range(0, len(order), per_batch):
             lines = order[first:first + per_batch]
             longest = max(lengths[i] for i in lines)
@@ -361,7 +355,7 @@ def score_adaptive(args, model, stream, ckpt):
 
         def shown(k, total):
             if not bars:
-                bars.append(progress(total, 'Gradient statistics'))
+                bars.append(progress(total, 'Gradient statistics', hide_below=20))
             bars[0].update()
         rms = gradient_rms(model, stats.stream.to(device), args.dynamic_segment,
                            args.dynamic_stats_tokens, args.dynamic_stats_rows, on_window=shown)
@@ -420,7 +414,7 @@ def tune(args, model, rms, seq_length, text):
         dynamic = DynamicEval(model, rms, lr, decay) if args.dynamic else None
         windows = len(data.window_starts(batched, seq_length))
         with cudnn_backward_in_eval(device, needed=dynamic is not None), \
-                progress(windows, desc) as bar:
+                progress(windows, desc, hide_below=20) as bar:
             result = token_losses(model, batched, seq_length,
                                   scorer=adaptive_scorer(model, dynamic=dynamic, record=record),
                                   on_window=lambda k: bar.update())

@@ -18,3 +18,8 @@ bench.py, plot.py), each module one concern:
 Nothing here is imported before it is needed: lm.signals, which demo_tie.py imports before
 PyTorch, imports nothing heavy.
 """
+
+
+class UserError(Exception):
+    """An error that ends a script with its one line (`error: ...`) and exit status 1: bad data,
+    a checkpoint that cannot be used, a save path taken... Never a traceback."""

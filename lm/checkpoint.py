@@ -29,6 +29,7 @@ import zipfile
 import torch
 
 from data import SPECIALS, UNK
+from lm import UserError
 from model import MODEL_REGULARIZERS, LSTMLanguageModel
 
 FORMAT_NAME, FORMAT_VERSION = 'lstm-tied-lm/', 1
@@ -36,7 +37,7 @@ FORMAT = f'{FORMAT_NAME}{FORMAT_VERSION}'
 MODEL_ARGS = ('vocab_size', 'embed_size', 'hidden_size', 'num_layers', 'dropout', 'tied')
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, unsafe or not ours, worded for the user."""
 
 

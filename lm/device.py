@@ -12,8 +12,10 @@ import time
 
 import torch
 
+from lm import UserError
 
-class DeviceUnavailable(ValueError):
+
+class DeviceUnavailable(UserError, ValueError):
     """A device that exists in PyTorch's names but not on this machine: not a usage mistake,
     so the scripts say it in one line rather than with their usage."""
 

@@ -25,6 +25,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from lm import UserError
 from lm.device import pick_device
 
 # A process that waits longer than this for the others (one of them died or hangs) fails,
@@ -32,7 +33,7 @@ from lm.device import pick_device
 TIMEOUT = datetime.timedelta(minutes=10)
 
 
-class ShareError(ValueError):
+class ShareError(UserError, ValueError):
     """A batch that the processes cannot share evenly."""
 
 

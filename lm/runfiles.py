@@ -7,6 +7,7 @@ import io
 import os
 from typing import NamedTuple
 
+from lm import UserError
 from lm.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -26,15 +27,15 @@ except ImportError:  # Windows: no advisory locks; two runs on one path are not 
     fcntl = None
 
 
-class SavePathError(Exception):
+class SavePathError(UserError):
     """A --save_path that cannot hold a run's files, or holds another run's."""
 
 
-class LockError(Exception):
+class LockError(UserError):
     """The save path is, or may be, another live run's."""
 
 
-class MetricsError(Exception):
+class MetricsError(UserError):
     """A metrics CSV the trainer cannot read back; it is left as it is."""
 
 

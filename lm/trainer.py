@@ -8,16 +8,14 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field, replace
 
 import torch
-from tqdm import tqdm
 
 import data
-from lm import flags
+from lm import UserError, flags
 from lm.checkpoint import (
     CheckpointError,
     best_checkpoint,
@@ -30,6 +28,7 @@ from lm.checkpoint import (
     model_args,
     save_checkpoint,
 )
+from lm.console import progress, say, warn
 from lm.device import (
     allocation_failure,
     amp_needs_measuring,
@@ -73,25 +72,8 @@ from lm.signals import StopRequest
 from model import LSTMLanguageModel, detach_hidden, init_uniform
 
 
-class RunError(Exception):
-    """Ends the run with a message and exit status 1."""
-
-
-SPEAKS = True  # False in every process but the first under torchrun
-
-
-def say(line):
-    if SPEAKS:
-        print(line, file=sys.stderr, flush=True)
-
-
-def warn(message):
-    say(f'warning: {message}')
-
-
-def bar(**kw):
-    """A progress bar on stderr, shown by the first process only."""
-    return tqdm(file=sys.stderr, disable=not SPEAKS, **kw)
+class RunError(UserError):
+    """A run that cannot go on (diverged, out of memory, a file it cannot write)."""
 
 
 # ------------------------------------------------------------------ set the run up
@@ -195,8 +177,7 @@ def speedups(args, model, forward, device, rows, group):
         speedup = bfloat16_speedup(matrix_shapes(model, rows * args.seq_length))
     speedup = group.gather_objects(speedup)[0]  # the first process decides for all
     dtype, scaler, line = mixed_precision(device, args.amp, speedup=speedup)
-    if line:
-        say(line)
+    say(line, shown=bool(line) and group.is_main)
     if args.compile:
         eager = forward
         try:
@@ -207,7 +188,8 @@ def speedups(args, model, forward, device, rows, group):
                 forward(x, model.init_hidden(rows))[0].sum().backward()
             model.zero_grad(set_to_none=True)
         except Exception as e:  # noqa: BLE001  compilers fail in many ways; all mean: run eagerly
-            warn(f'--compile is not supported here ({type(e).__name__}); running uncompiled')
+            warn(f'--compile is not supported here ({type(e).__name__}); running uncompiled',
+                 group.is_main)
             forward = eager
     return forward, dtype, scaler
 
@@ -219,7 +201,8 @@ def resume(run, ckpt, path, given):
     for name in IGNORED_ON_RESUME:  # --seed: --variable_bptt draws each epoch's windows from it
         kept = saved.get(name, getattr(args, name))
         if name in given and getattr(args, name) != kept:
-            warn(f'--{name} is ignored on resume: the random state continues from the checkpoint')
+            warn(f'--{name} is ignored on resume: the random state continues from the '
+                 'checkpoint', run.group.is_main)
         setattr(args, name, kept)
     restored = restore_training(
         ckpt, path, run.model, run.optimizer, run.scheduler, run.stepping.scaler,
@@ -229,7 +212,7 @@ def resume(run, ckpt, path, given):
     run.stepping = replace(run.stepping, weight_average=restored.weight_average)
     changed_processes = restore_random_state(ckpt, path, run.group, args.seed)
     if changed_processes:
-        warn(changed_processes)
+        warn(changed_processes, run.group.is_main)
     run.run_id = ckpt.get('run_id')  # None for a checkpoint from before run ids
     run.resumed_from = path
     apply_changes(run.changes, run.optimizer, run.scheduler)
@@ -285,12 +268,12 @@ def train_one_epoch(run, epoch, on_window=None):
         start = EpochStart(p['window'], hidden, p['losses'].to(device))
         seconds, run.position = elapsed_before(p), None
     started = time.monotonic() - seconds
-    with bar(total=len(windows), initial=start.window, desc=f'Epoch {epoch}', leave=False,
-             dynamic_ncols=True) as progress:
+    with progress(len(windows), f'Epoch {epoch}', shown=group.is_main,
+                  initial=start.window) as bar:
         def show(k, running_loss):
-            progress.update()
+            bar.update()
             if running_loss is not None:
-                progress.set_postfix(loss=f'{running_loss:.3f}',
+                bar.set_postfix(loss=f'{running_loss:.3f}',
                                      ppl=f'{perplexity(running_loss):.1f}')
             if on_window is not None:
                 on_window(epoch, k)
@@ -350,12 +333,12 @@ def validate(run):
     one. Weights or a validation loss that are not finite end the run (RunError) before
     anything of the epoch is saved."""
     valid = run.streams['valid']
-    with bar(total=len(data.window_starts(valid, run.args.seq_length)), desc='Validation',
-             leave=False) as progress, averaged(run):
+    with progress(len(data.window_starts(valid, run.args.seq_length)), 'Validation',
+                  shown=run.group.is_main) as bar, averaged(run):
         run.val_loss, val_no_sos = evaluate(
             run.model, valid, run.args.seq_length, forward=run.evaluator,
             autocast_dtype=run.stepping.autocast_dtype, add_across=run.group.sum,
-            on_window=lambda k: progress.update())
+            on_window=lambda k: bar.update())
     finite = torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()
     # A loss whose perplexity overflows (9.9e30 after --lr 1e30) is a ruined model too: saved,
     # it would become the checkpoint that every later advice resumes from.
