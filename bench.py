@@ -33,7 +33,6 @@ from torch import nn
 import data
 from generate import sample
 from lm import flags
-from lm.checkpoint import model_args
 from lm.device import (
     DeviceUnavailable,
     amp_needs_measuring,
@@ -49,8 +48,8 @@ from lm.loop import Stepping, evaluate, train_epoch
 from lm.loss import Objective
 from lm.optim import make_optimizer
 from lm.recipes import apply_recipe
-from lm.resume import seed_everything
-from model import LSTMLanguageModel, detach_hidden, tied_size_problem
+from lm.rng import seed_everything
+from model import build, detach_hidden, model_args, tied_size_problem
 
 PTB_VOCAB = 10002
 EXAMPLE = 'train (word_language_model loop)'
@@ -174,7 +173,7 @@ def loops_to_time(args, device):
     batched = data.batchify(stream, args.batch_size).to(device)
     windows = (data.variable_windows(batched, args.seq_length, random.Random(0))
                if args.variable_bptt else data.fixed_windows(batched, args.seq_length))
-    model = LSTMLanguageModel(**model_args(args, vocab_size)).to(device)
+    model = build(model_args(args, vocab_size)).to(device)
     # The trainer's --amp decision on this model's products, printed; on a CPU that has
     # bfloat16, its rows are timed whatever it decided: they are the figures behind it.
     speedup = (bfloat16_speedup(matrix_shapes(model, args.batch_size * args.seq_length))

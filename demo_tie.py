@@ -38,7 +38,7 @@ from lm.distributed import setup as setup_processes
 from lm.loop import evaluate, perplexity
 from lm.optim import epochs_since_best
 from lm.recipes import describe_recipe
-from lm.resume import seed_everything
+from lm.rng import seed_everything
 from lm.runfiles import MetricsLog, RunFiles, SavePathError, release_locks
 from model import count_parameters, lstm_parameters, tied_size_problem
 
@@ -186,7 +186,7 @@ def eval_only(args, device, stop, group):
 
 def check_flags(parser, args, given):
     """Refuse, with argparse's one-line message, flags that cannot go together. On resume
-    the sizes and the optimizer come from the checkpoint (lm.resume.claim_save_path); under
+    the sizes and the optimizer come from the checkpoint (lm.resume.settle_resume); under
     --finetune the sizes do."""
     fresh = args.resume is None and args.finetune is None
     if args.finetune is not None:

@@ -238,3 +238,24 @@ def count_parameters(model):
 def detach_hidden(hidden):
     """Cut the graph between windows (truncated BPTT) while keeping the state's values."""
     return tuple(h.detach() for h in hidden)
+
+
+MODEL_ARGS = ('vocab_size', 'embed_size', 'hidden_size', 'num_layers', 'dropout', 'tied')
+
+
+def model_args(args, vocab_size):
+    """The model's description, as LSTMLanguageModel's arguments. Regularisers appear only
+    when set, so a reference model's description is the reference's."""
+    described = {'vocab_size': vocab_size, 'embed_size': args.embed_size,
+                 'hidden_size': args.hidden_size, 'num_layers': args.num_layers,
+                 'dropout': args.dropout, 'tied': args.tied}
+    described.update({k: getattr(args, k) for k, off in MODEL_REGULARIZERS.items()
+                      if getattr(args, k, off) != off})
+    return described
+
+
+def build(described):
+    """The model a description (model_args, or a checkpoint's `model_args`) gives, with
+    fresh weights."""
+    return LSTMLanguageModel(**{k: described[k] for k in MODEL_ARGS},
+                             **{k: described[k] for k in MODEL_REGULARIZERS if k in described})

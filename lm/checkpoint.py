@@ -1,5 +1,6 @@
-"""The checkpoint format, built, written, read and checked here alone (what a resume restores
-from a last checkpoint: lm.resume).
+"""The checkpoint format, built, read, checked and restored here alone: the model, the
+optimizer, the position in an epoch, the random state, the data's digest (written atomically
+by lm.runfiles.save_checkpoint; which flags a resume takes: lm.resume).
 
 Checkpoints are plain dicts of tensors and Python values, written atomically and read with
 weights_only=True. Two kinds, both beside --save_path:
@@ -14,105 +15,31 @@ weights_only=True. Two kinds, both beside --save_path:
                       epoch's end) and a digest of the data
 """
 import argparse
-import errno
-import glob
 import hashlib
+import math
 import os
 import pickle
 import pickletools
 import re
 import sys
-import tempfile
 import warnings
 import zipfile
+from typing import NamedTuple
 
 import torch
 
 from data import SPECIALS, UNK
 from lm import UserError
-from model import MODEL_REGULARIZERS, LSTMLanguageModel
+from lm.optim import WeightAverage
+from lm.rng import seed_process, set_rng_state
+from model import MODEL_ARGS, MODEL_REGULARIZERS, build, model_args
 
 FORMAT_NAME, FORMAT_VERSION = 'lstm-tied-lm/', 1
 FORMAT = f'{FORMAT_NAME}{FORMAT_VERSION}'
-MODEL_ARGS = ('vocab_size', 'embed_size', 'hidden_size', 'num_layers', 'dropout', 'tied')
 
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, unsafe or not ours, worded for the user."""
-
-
-def temporary_beside(path):
-    """A new temporary file beside `path`, hidden and named after it (`.NAME.XXXXXXXX.tmp`,
-    which stale_temporaries finds again): (file descriptor, its path)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
-
-
-def stale_temporaries(path):
-    """The temporary files of `path` that writes which were killed left behind."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(name)}.*.tmp'))
-
-
-def write_atomically(path, write):
-    """Call `write(f)` on a temporary file beside `path` (opened in binary), flush it to disk,
-    then rename it over `path`: a crash or a full disk never leaves a half-written file there,
-    only the previous version. The temporary file is removed on any failure."""
-    fd, tmp = temporary_beside(path)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-class _KeepsWriteErrors:
-    """The file torch.save writes to, keeping the OSError of a write that failed: PyTorch's
-    zip writer turns it into a RuntimeError without its errno (EFBIG under ulimit -f, ENOSPC
-    on a full disk), which write_failure needs to say what to change."""
-
-    def __init__(self, f):
-        self.f, self.error = f, None
-
-    def write(self, chunk):
-        try:
-            return self.f.write(chunk)
-        except OSError as e:
-            self.error = e
-            raise
-
-    def flush(self):
-        return self.f.flush()
-
-
-def save_checkpoint(obj, path):
-    """Write `obj` to `path` atomically (see write_atomically). Every failure is raised as an
-    OSError naming `path`, with the errno of the write that failed where there was one."""
-    writer = None
-
-    def save(f):
-        nonlocal writer
-        writer = _KeepsWriteErrors(f)
-        torch.save(obj, writer)
-    try:
-        write_atomically(path, save)
-    except RuntimeError as e:
-        if writer is not None and writer.error is not None:
-            raise OSError(writer.error.errno, writer.error.strerror, path) from None
-        raise OSError(errno.EIO, f'write failed ({str(e).splitlines()[0][:120]}); is the disk '
-                                 'full?', path) from None
-    except OSError as e:
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror or str(e), path) from None
-        raise
 
 
 TRAIN_FIRST = ('; train a model first (python demo_tie.py --tied writes best_model.pt; the '
@@ -282,10 +209,7 @@ def _is_regularizer(name, value):
 
 def build_model(ckpt, device='cpu'):
     """The model a checkpoint describes, with its weights loaded, on `device`."""
-    described = ckpt['model_args']
-    model = LSTMLanguageModel(**{k: described[k] for k in MODEL_ARGS},
-                              **{k: described[k] for k in MODEL_REGULARIZERS if k in described})
-    return load_weights(model, ckpt).to(device)
+    return load_weights(build(ckpt['model_args']), ckpt).to(device)
 
 
 def load_weights(model, ckpt):
@@ -302,17 +226,6 @@ def load_weights(model, ckpt):
         raise CheckpointError(f'the checkpoint holds NaN or infinite weights ({", ".join(bad)}): '
                               'it was saved from a run that diverged and cannot be used')
     return model
-
-
-def model_args(args, vocab_size):
-    """The model's description, as LSTMLanguageModel's arguments. Regularisers appear only
-    when set, so a reference model's description is the reference's."""
-    described = {'vocab_size': vocab_size, 'embed_size': args.embed_size,
-                 'hidden_size': args.hidden_size, 'num_layers': args.num_layers,
-                 'dropout': args.dropout, 'tied': args.tied}
-    described.update({k: getattr(args, k) for k, off in MODEL_REGULARIZERS.items()
-                      if getattr(args, k, off) != off})
-    return described
 
 
 def best_checkpoint(model, vocab, args, epoch, val_loss, run_id):
@@ -354,3 +267,105 @@ def check_same_data(ckpt, path, corpus, data_dir):
         if changed:
             raise CheckpointError(f'{", ".join(changed)} in {data_dir} differ from the data this '
                                   'run started with; resume with the same data, or start a new run')
+
+
+def load_last_checkpoint(path, missing_hint=''):
+    """A last checkpoint, refused with advice when it is missing or a best one."""
+    ckpt = load_checkpoint(path, missing_hint=missing_hint)
+    if 'optimizer' not in ckpt:
+        raise CheckpointError(f'{path} holds a model only; resume from the ".last.pt" '
+                              'checkpoint written beside it')
+    return ckpt
+
+
+class Restored(NamedTuple):
+    first_epoch: int         # the epoch to run next (the stopped one, from `position`)
+    best_val: float
+    position: dict           # where in that epoch, or None to start it afresh
+    val_losses: list         # every finished epoch's validation loss
+    weight_average: object   # NT-ASGD's WeightAverage, or None before it started
+
+
+NOT_RESUMABLE = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
+
+
+def restore_training(ckpt, path, model, optimizer, scheduler, scaler, n_windows_of, batch_size):
+    """Load a last checkpoint's training state into the model, optimizer, scheduler and
+    scaler. `n_windows_of(epoch)` is the number of an epoch's training windows. A checkpoint
+    that loads but does not fit is refused (CheckpointError); the RNG states are restored
+    by lm.resume.restore_random_state."""
+    try:
+        model.load_state_dict(ckpt['model_state'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scheduler.load_state_dict(ckpt['scheduler'])
+        if scaler is not None and ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
+        epoch, best_val = int(ckpt['epoch']), float(ckpt['best_val_loss'])
+        position = ckpt['position']
+        if position is not None:
+            _check_position(position, n_windows_of(epoch), (model.num_layers, batch_size,
+                                                            model.hidden_size))
+        _check_optimizer_state(optimizer)
+        val_losses = [float(v) for v in ckpt.get('val_losses', [])]
+        weight_average = None
+        if ckpt.get('weight_average') is not None:
+            weight_average = WeightAverage(model)
+            weight_average.load_state_dict(ckpt['weight_average'])
+    except NOT_RESUMABLE as e:
+        raise damaged(path, e) from None
+    first_epoch = epoch + (1 if position is None else 0)
+    return Restored(first_epoch, best_val, position, val_losses, weight_average)
+
+
+def _check_position(position, n_windows, hidden_shape):
+    ok = (0 < int(position['window']) < n_windows
+          and tuple(position['losses'].shape) == (n_windows,)
+          and len(position['hidden']) == 2
+          and all(tuple(h.shape) == hidden_shape for h in position['hidden']))
+    if not ok:
+        raise ValueError('its position in the epoch does not fit this model and data')
+
+
+def _check_optimizer_state(optimizer):
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            for value in optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError('its optimizer state does not fit the model')
+
+
+def damaged(path, error):
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
+                           'another last checkpoint, or start afresh with --overwrite')
+
+
+def restore_random_state(ckpt, path, group, seed):
+    """Each process's random state as the last checkpoint at `path` left it. With another
+    number of processes than the checkpoint's: the first process's, fresh streams for the
+    others, and a warning (returned) that the run is no longer bit-identical to an
+    uninterrupted one."""
+    try:
+        first = ckpt['rng']
+        states = ckpt.get('rng_of_processes') or [first]
+        if len(states) == group.world_size:
+            set_rng_state(states[group.rank])
+            return None
+        set_rng_state(first)
+    except NOT_RESUMABLE as e:
+        raise damaged(path, e) from None
+    seed_process(seed, group.rank)
+    return (f'the checkpoint was written by {len(states)} process(es), this job has '
+            f'{group.world_size}: training continues correctly, but the dropout masks of processes '
+            'after the first start afresh, so the run is not bit-identical to an uninterrupted one')
+
+
+def elapsed_before(position):
+    """The seconds an epoch had run before it was stopped: only shown and logged, so a value
+    that makes no sense (an older version's wall clock stepped back) counts as 0, never as
+    a reason to refuse the resume."""
+    try:
+        seconds = float(position.get('seconds', 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds >= 0 else 0.0

@@ -13,6 +13,7 @@ import time
 import torch
 
 from lm import UserError
+from lm.console import say, warn
 
 
 class DeviceUnavailable(UserError, ValueError):
@@ -309,3 +310,30 @@ def allocation_failure(error):
     lines = [line for line in str(error).splitlines() if 'allocate' in line]
     text = lines[0] if lines else str(error).splitlines()[0] if str(error) else 'MemoryError'
     return text.split('DefaultCPUAllocator: ')[-1][:200]
+
+
+def speedups(args, model, forward, device, rows, group):
+    """(forward, autocast dtype, GradScaler) for --amp and --compile, with the line that
+    says what --amp chose, and a warning where one is unsupported and the default path
+    instead. `forward` is the model, or its
+    DistributedDataParallel wrapper; `rows` this process's batch rows."""
+    speedup = None
+    if amp_needs_measuring(device, args.amp) and group.is_main:
+        speedup = bfloat16_speedup(matrix_shapes(model, rows * args.seq_length))
+    speedup = group.gather_objects(speedup)[0]  # the first process decides for all
+    dtype, scaler, line = mixed_precision(device, args.amp, speedup=speedup)
+    say(line, shown=bool(line) and group.is_main)
+    if args.compile:
+        eager = forward
+        try:
+            forward = torch.compile(eager)
+            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), \
+                    torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                x = torch.zeros(rows, args.seq_length, dtype=torch.long, device=device)
+                forward(x, model.init_hidden(rows))[0].sum().backward()
+            model.zero_grad(set_to_none=True)
+        except Exception as e:  # noqa: BLE001  compilers fail in many ways; all mean: run eagerly
+            warn(f'--compile is not supported here ({type(e).__name__}); running uncompiled',
+                 group.is_main)
+            forward = eager
+    return forward, dtype, scaler

@@ -1,48 +1,15 @@
-"""What a resume agrees on with its checkpoint: which flags it takes from it (the rules are
-lm.flags'), the save path claimed, the training state and each process's random state
-restored, and the command that resumes.
+"""The rules of a resume and the advice on how a run goes on: which flags a resume takes from
+its checkpoint and which it may change (declared in lm.flags), the same for --finetune, and
+what to tell the user after a stop, a divergence or a failed write, with the command that
+resumes. (The files at --save_path: lm.runfiles; what a checkpoint holds: lm.checkpoint.)
 """
 import os
-import random
 import shlex
 import sys
-from typing import NamedTuple
-
-import numpy as np
-import torch
 
 from lm import flags
-from lm.checkpoint import CheckpointError, load_checkpoint
-from lm.optim import WeightAverage
-from lm.runfiles import LockError, RunFiles, SavePathError, hold_lock
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # CUDA too
-
-
-def rng_state():
-    """Every RNG the run draws from, as tensors and Python values (weights_only can load it)."""
-    _, key, pos, has_gauss, cached = np.random.get_state()
-    return {'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            'numpy': [torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
-                      float(cached)],
-            'random': random.getstate()}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state['torch'])
-    if torch.cuda.is_available():  # the GPUs there are: a run resumes on fewer, or on none
-        for index, cuda_state in enumerate(state['cuda'][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
-    key, pos, has_gauss, cached = state['numpy']
-    np.random.set_state(('MT19937', key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state['random']
-    random.setstate((version, tuple(internal), gauss))
-
+from lm.checkpoint import CheckpointError, load_last_checkpoint
+from lm.runfiles import nothing_to_resume_hint
 
 # ------------------------------------------------------------------ what a resume agrees on
 
@@ -102,155 +69,63 @@ def merge_finetune_args(args, given, ckpt, path):
                              mid_epoch=False, source=f'the model in {path}')
 
 
-def earlier_run_message(files):
-    """Why a fresh run is refused where an earlier run left files, and what to do, as the
-    files that exist allow: --resume only where there is a last checkpoint."""
-    found = ', '.join(files.existing())
-    if os.path.exists(files.last):
-        return (f'{found} are from an earlier run. Continue it with --resume, or start afresh '
-                'with --overwrite (which deletes them)')
-    return (f'{found} are from an earlier run that left no last checkpoint ({files.last}) to '
-            'continue from. Start afresh with --overwrite (which deletes them), or use another '
-            '--save_path')
-
-
-def claim_save_path(args, given, group):
-    """Before anything is read: the run's files, and on resume the checkpoint with the flags
-    settled from it. Only the first process checks and locks the files; all read the
-    checkpoint. Returns (files, checkpoint or None, resume path or None, changed flags).
-    A refusal by the first process ends every process with its message (rather than leaving
-    the others to fail at their next exchange, with a traceback each)."""
-    files = RunFiles.beside(args.save_path)
-    refusal = None
-    if group.is_main:
-        try:
-            files.check_writable()
-            hold_lock(files)
-            files.remove_stale_temporaries()
-            if args.resume is None and files.existing():
-                if not args.overwrite:
-                    raise SavePathError(earlier_run_message(files))
-                files.check_ours()
-        except (SavePathError, LockError) as e:
-            refusal = e
-    refusal = group.gather_objects(refusal)[0]  # the first process's, on every process
-    if refusal:
-        raise refusal
-    if args.resume is None:
-        return files, None, None, []
-    resume_path = args.resume or files.last
-    ckpt = load_last_checkpoint(resume_path, nothing_to_resume_hint(files, resume_path))
+def settle_resume(args, given, files):
+    """--resume: the last checkpoint (--resume PATH, else the one at the save path), with
+    `args` settled from it. Returns (checkpoint, its path, the changed flags)."""
+    path = args.resume or files.last
+    ckpt = load_last_checkpoint(path, nothing_to_resume_hint(files, path))
     changes = merge_resume_args(args, given, saved_flags(ckpt),
                                 mid_epoch=ckpt.get('position') is not None)
-    return files, ckpt, resume_path, changes
+    return ckpt, path, changes
 
 
-def nothing_to_resume_hint(files, resume_path):
-    """What to do when --resume finds no last checkpoint, as the files at --save_path allow:
-    --overwrite only where an earlier run left files to delete."""
-    if os.path.abspath(resume_path) != os.path.abspath(files.last):
-        return ' (a run\'s last checkpoint is the ".last.pt" file beside its --save_path)'
-    if files.existing():
-        return f'; {earlier_run_message(files)}'
-    return (f'; nothing is there to resume: no run has saved at --save_path {files.best} yet. '
-            'Start one with the same command without --resume')
+# ------------------------------------------------------------------ how a run goes on
+
+def after_divergence(args, last):
+    """What is on disk after a divergence, and the command that goes on from `last` (the
+    last checkpoint, or None); the flags beyond --lr and --clip that can make a run diverge
+    are named where this run set them."""
+    others = divergent_flags(args)
+    also = (f' (this run also has {others}, which can make the loss diverge whatever the '
+            'rate: where a lower --lr does not help, change those)' if others else '')
+    if last is None:
+        return (f'Nothing was saved; start again with a lower --lr (now {args.lr:g}) or '
+                f'--clip (now {args.clip:g}){also}.')
+    return (f'The files on disk are unchanged; resume from the last checkpoint with a lower '
+            f'--lr (now {args.lr:g}), or --clip (now {args.clip:g}){also}: '
+            f'{resume_command(last, lr=args.lr / 2)}')
 
 
-def load_last_checkpoint(path, missing_hint=''):
-    """A last checkpoint, refused with advice when it is missing or a best one."""
-    ckpt = load_checkpoint(path, missing_hint=missing_hint)
-    if 'optimizer' not in ckpt:
-        raise CheckpointError(f'{path} holds a model only; resume from the ".last.pt" '
-                              'checkpoint written beside it')
-    return ckpt
+def divergent_flags(args):
+    """The flags besides --lr and --clip set in this run that scale the loss or the weights
+    (a large --al_weight or --init_range, an extreme --al_temperature), as 'and'-joined
+    text; '' where none is set."""
+    named = []
+    if args.al_weight:
+        named.append(f'--al_weight {args.al_weight:g} --al_temperature {args.al_temperature:g}')
+    for name in ('proj_reg', 'alpha', 'beta', 'init_range'):
+        if getattr(args, name):
+            named.append(f'--{name} {getattr(args, name):g}')
+    return ' and '.join(named)
 
 
-class Restored(NamedTuple):
-    first_epoch: int         # the epoch to run next (the stopped one, from `position`)
-    best_val: float
-    position: dict           # where in that epoch, or None to start it afresh
-    val_losses: list         # every finished epoch's validation loss
-    weight_average: object   # NT-ASGD's WeightAverage, or None before it started
+def how_to_go_on(last, best):
+    """After a failed write: the command that resumes from `last`, where a last checkpoint
+    exists; otherwise how to start again without losing the best model so far (`best`)."""
+    if last is not None and os.path.exists(last):
+        return f'The files already on disk are unchanged; resume with: {resume_command(last)}'
+    if os.path.exists(best):
+        return (f'There is no last checkpoint to resume from; the best model so far is '
+                f'{best}. Copy it elsewhere to keep it, then start again with '
+                f'--overwrite, or with another --save_path')
+    return 'Nothing was saved; start again once the file can be written'
 
 
-NOT_RESUMABLE = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
-
-
-def restore_training(ckpt, path, model, optimizer, scheduler, scaler, n_windows_of, batch_size):
-    """Load a last checkpoint's training state into the model, optimizer, scheduler and
-    scaler. `n_windows_of(epoch)` is the number of an epoch's training windows. A checkpoint
-    that loads but does not fit is refused (CheckpointError); the RNG states are restored
-    by lm.resume.restore_random_state."""
-    try:
-        model.load_state_dict(ckpt['model_state'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
-        if scaler is not None and ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        epoch, best_val = int(ckpt['epoch']), float(ckpt['best_val_loss'])
-        position = ckpt['position']
-        if position is not None:
-            _check_position(position, n_windows_of(epoch), (model.num_layers, batch_size,
-                                                            model.hidden_size))
-        _check_optimizer_state(optimizer)
-        val_losses = [float(v) for v in ckpt.get('val_losses', [])]
-        weight_average = None
-        if ckpt.get('weight_average') is not None:
-            weight_average = WeightAverage(model)
-            weight_average.load_state_dict(ckpt['weight_average'])
-    except NOT_RESUMABLE as e:
-        raise damaged(path, e) from None
-    first_epoch = epoch + (1 if position is None else 0)
-    return Restored(first_epoch, best_val, position, val_losses, weight_average)
-
-
-def _check_position(position, n_windows, hidden_shape):
-    ok = (0 < int(position['window']) < n_windows
-          and tuple(position['losses'].shape) == (n_windows,)
-          and len(position['hidden']) == 2
-          and all(tuple(h.shape) == hidden_shape for h in position['hidden']))
-    if not ok:
-        raise ValueError('its position in the epoch does not fit this model and data')
-
-
-def _check_optimizer_state(optimizer):
-    for group in optimizer.param_groups:
-        for p in group['params']:
-            for value in optimizer.state.get(p, {}).values():
-                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
-                    raise ValueError('its optimizer state does not fit the model')
-
-
-def damaged(path, error):
-    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-    return CheckpointError(f'{path} is damaged and cannot be resumed ({reason}); resume from '
-                           'another last checkpoint, or start afresh with --overwrite')
-
-
-def seed_process(seed, rank):
-    """Dropout differs from process to process: each draws from its own seed."""
-    if rank:
-        seed_everything(seed + 1_000_003 * rank)
-
-
-def restore_random_state(ckpt, path, group, seed):
-    """Each process's random state as the last checkpoint at `path` left it. With another
-    number of processes than the checkpoint's: the first process's, fresh streams for the
-    others, and a warning (returned) that the run is no longer bit-identical to an
-    uninterrupted one."""
-    try:
-        first = ckpt['rng']
-        states = ckpt.get('rng_of_processes') or [first]
-        if len(states) == group.world_size:
-            set_rng_state(states[group.rank])
-            return None
-        set_rng_state(first)
-    except NOT_RESUMABLE as e:
-        raise damaged(path, e) from None
-    seed_process(seed, group.rank)
-    return (f'the checkpoint was written by {len(states)} process(es), this job has '
-            f'{group.world_size}: training continues correctly, but the dropout masks of processes '
-            'after the first start afresh, so the run is not bit-identical to an uninterrupted one')
+def after_stop(last):
+    """After a signal stopped training: how to go on from `last`, or why nothing can."""
+    if last is None:
+        return 'No epoch had started, so there is nothing to resume.'
+    return f'Resume with: {resume_command(last)}'
 
 
 def resume_command(last_path, command_line=None, lr=None):

@@ -1,20 +1,20 @@
-"""The files of one run beside --save_path, the lock that makes the save path one run's, and
-the metrics CSV (the checkpoints' contents: lm.checkpoint; the resume rules: lm.resume).
+"""Everything about the files of one run beside --save_path: their names, atomic writes and
+the temporaries they leave, the lock that makes the save path one run's, the claim of the path
+with the messages about an earlier run, and the metrics CSV (what a checkpoint holds:
+lm.checkpoint; the resume rules: lm.resume).
 """
 import csv
 import errno
+import glob
 import io
 import os
+import tempfile
 from typing import NamedTuple
 
+import torch
+
 from lm import UserError
-from lm.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    stale_temporaries,
-    temporary_beside,
-    write_atomically,
-)
+from lm.checkpoint import CheckpointError, load_checkpoint
 
 try:
     import resource
@@ -44,6 +44,80 @@ METRICS_COLUMNS = ['epoch', 'train_loss', 'train_ppl', 'val_loss', 'val_ppl', 'v
 
 
 LAST_SUFFIX = '.last.pt'
+
+
+def temporary_beside(path):
+    """A new temporary file beside `path`, hidden and named after it (`.NAME.XXXXXXXX.tmp`,
+    which stale_temporaries finds again): (file descriptor, its path)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
+
+
+def stale_temporaries(path):
+    """The temporary files of `path` that writes which were killed left behind."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(name)}.*.tmp'))
+
+
+def write_atomically(path, write):
+    """Call `write(f)` on a temporary file beside `path` (opened in binary), flush it to disk,
+    then rename it over `path`: a crash or a full disk never leaves a half-written file there,
+    only the previous version. The temporary file is removed on any failure."""
+    fd, tmp = temporary_beside(path)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class _KeepsWriteErrors:
+    """The file torch.save writes to, keeping the OSError of a write that failed: PyTorch's
+    zip writer turns it into a RuntimeError without its errno (EFBIG under ulimit -f, ENOSPC
+    on a full disk), which write_failure needs to say what to change."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, chunk):
+        try:
+            return self.f.write(chunk)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
+def save_checkpoint(obj, path):
+    """Write `obj` to `path` atomically (see write_atomically). Every failure is raised as an
+    OSError naming `path`, with the errno of the write that failed where there was one."""
+    writer = None
+
+    def save(f):
+        nonlocal writer
+        writer = _KeepsWriteErrors(f)
+        torch.save(obj, writer)
+    try:
+        write_atomically(path, save)
+    except RuntimeError as e:
+        if writer is not None and writer.error is not None:
+            raise OSError(writer.error.errno, writer.error.strerror, path) from None
+        raise OSError(errno.EIO, f'write failed ({str(e).splitlines()[0][:120]}); is the disk '
+                                 'full?', path) from None
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), path) from None
+        raise
 
 
 class RunFiles(NamedTuple):
@@ -137,6 +211,53 @@ class RunFiles(NamedTuple):
                     os.remove(tmp)
                 except OSError:
                     pass
+
+
+def earlier_run_message(files):
+    """Why a fresh run is refused where an earlier run left files, and what to do, as the
+    files that exist allow: --resume only where there is a last checkpoint."""
+    found = ', '.join(files.existing())
+    if os.path.exists(files.last):
+        return (f'{found} are from an earlier run. Continue it with --resume, or start afresh '
+                'with --overwrite (which deletes them)')
+    return (f'{found} are from an earlier run that left no last checkpoint ({files.last}) to '
+            'continue from. Start afresh with --overwrite (which deletes them), or use another '
+            '--save_path')
+
+
+def claim_save_path(save_path, resuming, overwrite, group):
+    """Before anything is read: the run's files at `save_path`, checked writable and locked.
+    A fresh run is refused where an earlier run left files, unless `overwrite`. Only the
+    first process checks and locks; a refusal by it ends every process with its message
+    (rather than leaving the others to fail at their next exchange, a traceback each)."""
+    files = RunFiles.beside(save_path)
+    refusal = None
+    if group.is_main:
+        try:
+            files.check_writable()
+            hold_lock(files)
+            files.remove_stale_temporaries()
+            if not resuming and files.existing():
+                if not overwrite:
+                    raise SavePathError(earlier_run_message(files))
+                files.check_ours()
+        except (SavePathError, LockError) as e:
+            refusal = e
+    refusal = group.gather_objects(refusal)[0]  # the first process's, on every process
+    if refusal:
+        raise refusal
+    return files
+
+
+def nothing_to_resume_hint(files, resume_path):
+    """What to do when --resume finds no last checkpoint, as the files at --save_path allow:
+    --overwrite only where an earlier run left files to delete."""
+    if os.path.abspath(resume_path) != os.path.abspath(files.last):
+        return ' (a run\'s last checkpoint is the ".last.pt" file beside its --save_path)'
+    if files.existing():
+        return f'; {earlier_run_message(files)}'
+    return (f'; nothing is there to resume: no run has saved at --save_path {files.best} yet. '
+            'Start one with the same command without --resume')
 
 
 def write_failure(error):

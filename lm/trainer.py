@@ -22,21 +22,15 @@ from lm.checkpoint import (
     check_same_data,
     check_stored_args,
     data_fingerprint,
+    elapsed_before,
     last_checkpoint,
     load_checkpoint,
     load_weights,
-    model_args,
-    save_checkpoint,
+    restore_random_state,
+    restore_training,
 )
-from lm.console import progress, say, warn
-from lm.device import (
-    allocation_failure,
-    amp_needs_measuring,
-    bfloat16_speedup,
-    matrix_shapes,
-    mixed_precision,
-    out_of_memory,
-)
+from lm.console import progress, warn
+from lm.device import allocation_failure, out_of_memory, speedups
 from lm.loop import (
     EpochStart,
     NonFiniteLoss,
@@ -59,17 +53,24 @@ from lm.optim import (
 from lm.recipes import apply_recipe
 from lm.resume import (
     IGNORED_ON_RESUME,
-    claim_save_path,
+    after_divergence,
+    after_stop,
+    how_to_go_on,
     merge_finetune_args,
-    restore_random_state,
-    restore_training,
-    resume_command,
-    rng_state,
-    seed_process,
+    settle_resume,
 )
-from lm.runfiles import LAST_SUFFIX, MetricsLog, RunFiles, check_lock, write_failure
+from lm.rng import rng_state, seed_process
+from lm.runfiles import (
+    LAST_SUFFIX,
+    MetricsLog,
+    RunFiles,
+    check_lock,
+    claim_save_path,
+    save_checkpoint,
+    write_failure,
+)
 from lm.signals import StopRequest
-from model import LSTMLanguageModel, detach_hidden, init_uniform
+from model import LSTMLanguageModel, build, detach_hidden, init_uniform, model_args
 
 
 class RunError(UserError):
@@ -107,14 +108,23 @@ class Run:
     def optimizer(self):
         return self.stepping.optimizer
 
+    @property
+    def resumable(self):
+        """The last checkpoint this run can go on from: the one it wrote, else the one it
+        resumed from; None where there is neither."""
+        return self.files.last if self.wrote_last else self.resumed_from
+
 
 def start_run(args, given, device, group, stop):
     """Claim the save path, settle the flags (from the checkpoint on resume or --finetune),
     read the data, build the model and optimizer, and restore them on resume."""
     apply_recipe(args, given)  # then claim_save_path takes what was not given from a resumed
     # checkpoint, the recipe's flags included
-    files, ckpt, resume_path, changes = claim_save_path(args, given, group)
-    if ckpt is not None:
+    files = claim_save_path(args.save_path, args.resume is not None, args.overwrite, group)
+    ckpt = resume_path = None
+    changes = []
+    if args.resume is not None:
+        ckpt, resume_path, changes = settle_resume(args, given, files)
         check_stored_args(ckpt, resume_path, flags.build_parser())
     source = None
     if args.finetune:
@@ -125,7 +135,7 @@ def start_run(args, given, device, group, stop):
         raise RunError(f'--proj_reg penalises the matrix of --projection, and the model of '
                        f'{resume_path or args.finetune} has none; leave --proj_reg out')
     corpus = read_data(args, files, group, ckpt, resume_path, source)
-    model = LSTMLanguageModel(**model_args(args, len(corpus.vocab)))
+    model = build(model_args(args, len(corpus.vocab)))
     if args.init_range:
         init_uniform(model, args.init_range)
     model = model.to(device)
@@ -165,33 +175,6 @@ def read_data(args, files, group, ckpt, resume_path, source):
     elif args.overwrite and group.is_main:
         files.delete_earlier_run()
     return corpus
-
-
-def speedups(args, model, forward, device, rows, group):
-    """(forward, autocast dtype, GradScaler) for --amp and --compile, with the line that
-    says what --amp chose, and a warning where one is unsupported and the default path
-    instead. `forward` is the model, or its
-    DistributedDataParallel wrapper; `rows` this process's batch rows."""
-    speedup = None
-    if amp_needs_measuring(device, args.amp) and group.is_main:
-        speedup = bfloat16_speedup(matrix_shapes(model, rows * args.seq_length))
-    speedup = group.gather_objects(speedup)[0]  # the first process decides for all
-    dtype, scaler, line = mixed_precision(device, args.amp, speedup=speedup)
-    say(line, shown=bool(line) and group.is_main)
-    if args.compile:
-        eager = forward
-        try:
-            forward = torch.compile(eager)
-            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), \
-                    torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                x = torch.zeros(rows, args.seq_length, dtype=torch.long, device=device)
-                forward(x, model.init_hidden(rows))[0].sum().backward()
-            model.zero_grad(set_to_none=True)
-        except Exception as e:  # noqa: BLE001  compilers fail in many ways; all mean: run eagerly
-            warn(f'--compile is not supported here ({type(e).__name__}); running uncompiled',
-                 group.is_main)
-            forward = eager
-    return forward, dtype, scaler
 
 
 def resume(run, ckpt, path, given):
@@ -241,17 +224,6 @@ class EpochRun:
         return self.result.next_window == len(self.windows)
 
 
-def elapsed_before(position):
-    """The seconds an epoch had run before it was stopped: only shown and logged, so a value
-    that makes no sense (an older version's wall clock stepped back) counts as 0, never as
-    a reason to refuse the resume."""
-    try:
-        seconds = float(position.get('seconds', 0.0))
-    except (TypeError, ValueError):
-        return 0.0
-    return seconds if math.isfinite(seconds) and seconds >= 0 else 0.0
-
-
 def train_one_epoch(run, epoch, on_window=None):
     """Train `epoch` from its start, or from where a resumed run stopped in it; stop early,
     at a window's edge, when a signal asked for it. `on_window(epoch, k)` is called after
@@ -283,7 +255,8 @@ def train_one_epoch(run, epoch, on_window=None):
                                  show)
         except NonFiniteLoss as e:
             raise RunError(f'the training loss became NaN or infinite in epoch {epoch}, window '
-                           f'{e.window} of {len(windows)}. {after_divergence(run)}') from None
+                           f'{e.window} of {len(windows)}. '
+                           f'{after_divergence(run.args, run.resumable)}') from None
     return EpochRun(result, windows, started, time.monotonic() - started)
 
 
@@ -291,41 +264,6 @@ def averaged(run):
     """Inside this block the model holds NT-ASGD's mean weights, once there is a mean."""
     average = run.stepping.weight_average
     return average.in_use(run.model) if average is not None else contextlib.nullcontext()
-
-
-def resumable(run):
-    """The last checkpoint this run can go on from: the one it wrote, else the one it
-    resumed from; None where there is neither."""
-    return run.files.last if run.wrote_last else run.resumed_from
-
-
-def after_divergence(run):
-    """What is on disk after a divergence, and the command that goes on from it; the flags
-    beyond --lr and --clip that can make a run diverge are named where this run set them."""
-    args = run.args
-    last = resumable(run)
-    others = divergent_flags(args)
-    also = (f' (this run also has {others}, which can make the loss diverge whatever the '
-            'rate: where a lower --lr does not help, change those)' if others else '')
-    if last is None:
-        return (f'Nothing was saved; start again with a lower --lr (now {args.lr:g}) or '
-                f'--clip (now {args.clip:g}){also}.')
-    return (f'The files on disk are unchanged; resume from the last checkpoint with a lower '
-            f'--lr (now {args.lr:g}), or --clip (now {args.clip:g}){also}: '
-            f'{resume_command(last, lr=args.lr / 2)}')
-
-
-def divergent_flags(args):
-    """The flags besides --lr and --clip set in this run that scale the loss or the weights
-    (a large --al_weight or --init_range, an extreme --al_temperature), as 'and'-joined
-    text; '' where none is set."""
-    named = []
-    if args.al_weight:
-        named.append(f'--al_weight {args.al_weight:g} --al_temperature {args.al_temperature:g}')
-    for name in ('proj_reg', 'alpha', 'beta', 'init_range'):
-        if getattr(args, name):
-            named.append(f'--{name} {getattr(args, name):g}')
-    return ' and '.join(named)
 
 
 def validate(run):
@@ -344,7 +282,7 @@ def validate(run):
     # it would become the checkpoint that every later advice resumes from.
     if not math.isfinite(perplexity(run.val_loss)) or not finite:  # one read from the device
         raise RunError(f'the model diverged: its validation loss is {run.val_loss:g} at the end '
-                       f'of this epoch. {after_divergence(run)}')
+                       f'of this epoch. {after_divergence(run.args, run.resumable)}')
     return run.val_loss, val_no_sos
 
 
@@ -446,25 +384,13 @@ def saving(run):
         yield
     except OSError as e:
         raise RunError(f'could not write {e.filename or "a checkpoint"}: {write_failure(e)}. '
-                       f'{how_to_go_on(run)}') from None
+                       f'{how_to_go_on(run.resumable, run.files.best)}') from None
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
         raise RunError(f'out of memory in training ({allocation_failure(e)}); a smaller '
-                       f'--batch_size or model needs less. {how_to_go_on(run)}') from None
-
-
-def how_to_go_on(run):
-    """After a failed write: the command that resumes, where a last checkpoint exists;
-    otherwise how to start again without losing the best model so far."""
-    last = resumable(run)
-    if last is not None and os.path.exists(last):
-        return f'The files already on disk are unchanged; resume with: {resume_command(last)}'
-    if os.path.exists(run.files.best):
-        return (f'There is no last checkpoint to resume from; the best model so far is '
-                f'{run.files.best}. Copy it elsewhere to keep it, then start again with '
-                f'--overwrite, or with another --save_path')
-    return 'Nothing was saved; start again once the file can be written'
+                       f'--batch_size or model needs less. '
+                       f'{how_to_go_on(run.resumable, run.files.best)}') from None
 
 
 # ------------------------------------------------------------------ the end
@@ -475,10 +401,8 @@ def stopped_status(run):
     signum = run.stop.signum or signal.SIGTERM  # another process's signal stops this one too
     if run.group.is_main:
         # Once, on standard output: the run's record, which a log of the run keeps.
-        last = resumable(run)
-        advice = (f'Resume with: {resume_command(last)}' if last is not None
-                  else 'No epoch had started, so there is nothing to resume.')
-        print(f'Training stopped by {signal.Signals(signum).name}. {advice}', flush=True)
+        print(f'Training stopped by {signal.Signals(signum).name}. {after_stop(run.resumable)}',
+              flush=True)
     if signum != signal.SIGINT or math.isinf(run.best_val):
         return 128 + signum
     return None

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import data
 from conftest import LOGPROB_TOL, ROOT, TINY, pattern_corpus, run_main, train
 from lm import flags
-from lm.checkpoint import best_checkpoint, build_model, load_checkpoint, save_checkpoint
+from lm.checkpoint import best_checkpoint, build_model, load_checkpoint
+from lm.runfiles import save_checkpoint
 from model import LSTMLanguageModel
 
 pytest.importorskip('onnx', reason='export.py needs onnx (pip install onnx onnxruntime)')

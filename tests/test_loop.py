@@ -16,7 +16,7 @@ from lm.device import cpu_has_native_bfloat16
 from lm.loop import Stepping, evaluate, perplexity, train_epoch
 from lm.loss import activation_penalty
 from lm.optim import WeightAverage, make_optimizer, window_lr_factors
-from lm.resume import seed_everything
+from lm.rng import seed_everything
 from model import LSTMLanguageModel
 
 

@@ -13,7 +13,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 import data
 from lm import flags
-from lm.checkpoint import best_checkpoint, save_checkpoint
+from lm.checkpoint import best_checkpoint
+from lm.runfiles import save_checkpoint
 from model import LSTMLanguageModel
 
 args = flags.build_parser().parse_args(['--tied'])
