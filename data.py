@@ -4,6 +4,7 @@ A corpus folder holds train.txt, valid.txt and test.txt: UTF-8, one sentence a l
 separated by whitespace. Each non-blank line becomes `<sos> w1 ... wn <eos>`.
 """
 import os
+import random
 import re
 import sys
 from array import array
@@ -258,6 +259,15 @@ def fixed_windows(data, seq_length):
             for start in window_starts(data, seq_length)]
 
 
+def epoch_windows(data, seq_length, epoch, variable=False, seed=0):
+    """An epoch's training windows as (start, length): fixed_windows, or under `variable`
+    (--variable_bptt) variable_windows drawn anew each epoch from `seed` and `epoch`, so that
+    a resumed run draws the same ones."""
+    if variable:
+        return variable_windows(data, seq_length, random.Random(f'{seed}:{epoch}'))
+    return fixed_windows(data, seq_length)
+
+
 def variable_windows(data, seq_length, rng):
     """AWD-LSTM's variable-length windows (Merity et al. 2017), as (start, length) pairs
     that cover `data` once: each length is drawn around seq_length (around half of it one
@@ -285,6 +295,13 @@ def get_window(data, start, seq_length):
     """
     length = min(seq_length, data.size(1) - 1 - start)
     return data[:, start:start + length].long(), data[:, start + 1:start + 1 + length].long()
+
+
+def check_sizes(corpus, batch_size, seq_length):
+    """check_size for a run: a training window at least, one target a row to evaluate."""
+    check_size('train', corpus.train, batch_size, seq_length)
+    for split in ('valid', 'test'):
+        check_size(split, getattr(corpus, split), batch_size)
 
 
 def check_size(name, stream, batch_size, seq_length=None):

@@ -86,7 +86,9 @@ def train(args, given, device, stop, group, on_window=None):
             trainer.write_metrics_row(run, epoch, done, val_no_sos, lrs[0], elapsed)
             trainer.save_last(run, epoch, done)
     if stopped:
-        status = trainer.stopped_status(run)
+        line, status = trainer.stopped_status(run)
+        if group.is_main:  # once, on standard output: the run's record, which its log keeps
+            print(line, flush=True)
         if status is not None:
             return status
     trainer.load_best(run)

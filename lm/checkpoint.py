@@ -22,6 +22,7 @@ import pickle
 import pickletools
 import re
 import sys
+import time
 import warnings
 import zipfile
 from typing import NamedTuple
@@ -30,6 +31,7 @@ import torch
 
 from data import SPECIALS, UNK
 from lm import UserError
+from lm.loop import EpochStart
 from lm.optim import WeightAverage
 from lm.rng import seed_process, set_rng_state
 from model import MODEL_ARGS, MODEL_REGULARIZERS, build, model_args
@@ -250,6 +252,17 @@ def last_checkpoint(best, *, optimizer, scheduler, scaler, best_val_loss, val_lo
             'window_losses': window_losses.cpu(), 'data_fingerprint': fingerprint}
 
 
+def stopped_position(result, started, gather_rows):
+    """Where a signal stopped an epoch (`result`, lm.loop.EpochResult, of an epoch begun at
+    time.monotonic() `started`), as last_checkpoint keeps it. Every process calls this: the
+    hidden state is gathered into one process's batch (`gather_rows`), in float32 on the CPU
+    whatever ran (cuDNN's LSTM under autocast keeps float16 states, which a float32 or CPU
+    resume would refuse)."""
+    return {'window': result.next_window, 'losses': result.losses,
+            'hidden': tuple(gather_rows(h.detach()).float().cpu() for h in result.hidden),
+            'seconds': time.monotonic() - started}
+
+
 def data_fingerprint(corpus):
     """A digest of each split's token ids: a resume on other data is refused, naming the split."""
     return {split: hashlib.sha256(getattr(corpus, split).contiguous().numpy()).hexdigest()
@@ -267,6 +280,17 @@ def check_same_data(ckpt, path, corpus, data_dir):
         if changed:
             raise CheckpointError(f'{", ".join(changed)} in {data_dir} differ from the data this '
                                   'run started with; resume with the same data, or start a new run')
+
+
+def load_best_of_run(path, run_id):
+    """The best checkpoint at `path`, refused where another run than `run_id` wrote it."""
+    best = load_checkpoint(path)
+    if best.get('run_id') != run_id:
+        raise CheckpointError(f'{path} is not this run\'s best model (another run wrote it); '
+                              'this run\'s best model was saved beside the --save_path it '
+                              'started with. Test it with: python demo_tie.py --eval_only '
+                              '--save_path PATH')
+    return best
 
 
 def load_last_checkpoint(path, missing_hint=''):
@@ -358,6 +382,15 @@ def restore_random_state(ckpt, path, group, seed):
     return (f'the checkpoint was written by {len(states)} process(es), this job has '
             f'{group.world_size}: training continues correctly, but the dropout masks of processes '
             'after the first start afresh, so the run is not bit-identical to an uninterrupted one')
+
+
+def resumed_start(position, rows, device):
+    """A stopped epoch's `position` read back: (lm.loop.EpochStart on `device`, with this
+    process's `rows` of the hidden state, the seconds the epoch had run)."""
+    hidden = tuple(rows(h, dim=1).contiguous().to(device, torch.float32)
+                   for h in position['hidden'])  # float16 in checkpoints written before a cast
+    return (EpochStart(position['window'], hidden, position['losses'].to(device)),
+            elapsed_before(position))
 
 
 def elapsed_before(position):

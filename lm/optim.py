@@ -157,3 +157,8 @@ def window_lr_factors(windows, seq_length, epoch, epochs, schedule='plateau', wa
     return [schedule_factor(epoch - 1 + k / n, epoch - 1 + (k + 1) / n, epochs, schedule, warmup,
                             **step)
             * (length / seq_length if by_length else 1) for k, (_, length) in enumerate(windows)]
+
+
+def step_flags(args):
+    """What --schedule step takes from the flags."""
+    return {'lr_factor': args.lr_factor, 'decay_start': args.decay_start}

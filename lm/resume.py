@@ -69,6 +69,20 @@ def merge_finetune_args(args, given, ckpt, path):
                              mid_epoch=False, source=f'the model in {path}')
 
 
+def keep_ignored(args, given, ckpt):
+    """The flags a resume ignores (IGNORED_ON_RESUME: --seed, from which --variable_bptt
+    draws each epoch's windows) take the checkpoint's values. Returns a warning for each
+    given otherwise."""
+    saved, notes = ckpt.get('args') or {}, []
+    for name in IGNORED_ON_RESUME:
+        kept = saved.get(name, getattr(args, name))
+        if name in given and getattr(args, name) != kept:
+            notes.append(f'--{name} is ignored on resume: the random state continues from the '
+                         'checkpoint')
+        setattr(args, name, kept)
+    return notes
+
+
 def settle_resume(args, given, files):
     """--resume: the last checkpoint (--resume PATH, else the one at the save path), with
     `args` settled from it. Returns (checkpoint, its path, the changed flags)."""

@@ -15,6 +15,7 @@ import torch
 
 from lm import UserError
 from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.loop import perplexity
 
 try:
     import resource
@@ -181,6 +182,15 @@ class RunFiles(NamedTuple):
 
     def existing(self):
         return [p for p in (self.best, self.last, self.metrics) if os.path.exists(p)]
+
+    def best_of_run(self, resumed_from):
+        """Where a run's best model is: `best`, or, for a run resumed (from the last
+        checkpoint `resumed_from`) into a new --save_path that has not improved on it yet,
+        beside the last checkpoint it resumed."""
+        if os.path.exists(self.best) or not resumed_from:
+            return self.best
+        earlier = resumed_from.removesuffix(LAST_SUFFIX) + '.pt'
+        return earlier if os.path.exists(earlier) else self.best
 
     def check_ours(self):
         """--overwrite deletes only what this project wrote: checkpoints it can read and a
@@ -361,8 +371,13 @@ class MetricsLog:
             self.rows = [r for r in read_metrics(path) if int(r['epoch']) <= resume_after]
             self._write()
 
-    def append(self, row):
-        self.rows.append(row)
+    def append_epoch(self, epoch, train_loss, val_loss, val_no_sos, lr, seconds, tokens_per_s):
+        self.rows.append({
+            'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
+            'train_ppl': f'{perplexity(train_loss):.4f}', 'val_loss': f'{val_loss:.6f}',
+            'val_ppl': f'{perplexity(val_loss):.4f}', 'val_loss_no_sos': f'{val_no_sos:.6f}',
+            'val_ppl_no_sos': f'{perplexity(val_no_sos):.4f}', 'lr': lr,
+            'seconds': f'{seconds:.2f}', 'train_tokens_per_s': f'{tokens_per_s:.1f}'})
         self._write()
 
     def _write(self):

@@ -5,8 +5,6 @@ cleanly on a signal. Nothing here prints the run's lines; demo_tie.py does.
 """
 import contextlib
 import math
-import os
-import random
 import signal
 import time
 import uuid
@@ -15,62 +13,14 @@ from dataclasses import dataclass, field, replace
 import torch
 
 import data
-from lm import UserError, flags
-from lm.checkpoint import (
-    CheckpointError,
-    best_checkpoint,
-    check_same_data,
-    check_stored_args,
-    data_fingerprint,
-    elapsed_before,
-    last_checkpoint,
-    load_checkpoint,
-    load_weights,
-    restore_random_state,
-    restore_training,
-)
+from lm import UserError, checkpoint, flags, loop, optim, resume, runfiles
 from lm.console import progress, warn
 from lm.device import allocation_failure, out_of_memory, speedups
-from lm.loop import (
-    EpochStart,
-    NonFiniteLoss,
-    Stepping,
-    epoch_loss,
-    evaluate,
-    perplexity,
-    train_epoch,
-)
 from lm.loss import Objective
-from lm.optim import (
-    WeightAverage,
-    apply_changes,
-    averaging_should_start,
-    make_optimizer,
-    make_scheduler,
-    schedule_factor,
-    window_lr_factors,
-)
 from lm.recipes import apply_recipe
-from lm.resume import (
-    IGNORED_ON_RESUME,
-    after_divergence,
-    after_stop,
-    how_to_go_on,
-    merge_finetune_args,
-    settle_resume,
-)
 from lm.rng import rng_state, seed_process
-from lm.runfiles import (
-    LAST_SUFFIX,
-    MetricsLog,
-    RunFiles,
-    check_lock,
-    claim_save_path,
-    save_checkpoint,
-    write_failure,
-)
 from lm.signals import StopRequest
-from model import LSTMLanguageModel, build, detach_hidden, init_uniform, model_args
+from model import LSTMLanguageModel, build, init_uniform, model_args
 
 
 class RunError(UserError):
@@ -84,12 +34,12 @@ class Run:
     """What the steps of one run share: fixed by start_run, then advanced epoch by epoch."""
     args: object                  # the flags, settled (from the checkpoint on resume)
     group: object                 # lm.distributed.Single, or Distributed under torchrun
-    files: RunFiles
+    files: runfiles.RunFiles
     corpus: data.Corpus
     streams: dict                 # 'train', 'valid', 'test': this process's batched rows
     model: LSTMLanguageModel
     scheduler: object             # ReduceLROnPlateau
-    stepping: Stepping            # how train_epoch steps (optimizer, --amp, AR/TAR, NT-ASGD)
+    stepping: loop.Stepping       # how train_epoch steps (optimizer, --amp, the loss, NT-ASGD)
     evaluator: object             # what validation runs (the compiled model, never DDP's)
     run_id: str                   # shared by this run's best and last checkpoints
     stop: StopRequest = None      # the signal handler: whether a signal asked to stop
@@ -102,11 +52,7 @@ class Run:
     val_loss: float = None        # the newest epoch's validation loss
     val_losses: list = field(default_factory=list)  # every epoch's, for NT-ASGD's trigger
     wrote_last: bool = False      # a last checkpoint already on disk may be an earlier run's
-    metrics: MetricsLog = None    # the first process's CSV
-
-    @property
-    def optimizer(self):
-        return self.stepping.optimizer
+    metrics: runfiles.MetricsLog = None  # the first process's CSV
 
     @property
     def resumable(self):
@@ -114,23 +60,30 @@ class Run:
         resumed from; None where there is neither."""
         return self.files.last if self.wrote_last else self.resumed_from
 
+    def windows(self, epoch):
+        """The epoch's training windows (data.epoch_windows)."""
+        a = self.args
+        return data.epoch_windows(self.streams['train'], a.seq_length, epoch, a.variable_bptt,
+                                  a.seed)
+
 
 def start_run(args, given, device, group, stop):
     """Claim the save path, settle the flags (from the checkpoint on resume or --finetune),
     read the data, build the model and optimizer, and restore them on resume."""
-    apply_recipe(args, given)  # then claim_save_path takes what was not given from a resumed
+    apply_recipe(args, given)  # then settle_resume takes what was not given from a resumed
     # checkpoint, the recipe's flags included
-    files = claim_save_path(args.save_path, args.resume is not None, args.overwrite, group)
+    resuming = args.resume is not None
+    files = runfiles.claim_save_path(args.save_path, resuming, args.overwrite, group)
     ckpt = resume_path = None
     changes = []
-    if args.resume is not None:
-        ckpt, resume_path, changes = settle_resume(args, given, files)
-        check_stored_args(ckpt, resume_path, flags.build_parser())
+    if resuming:
+        ckpt, resume_path, changes = resume.settle_resume(args, given, files)
+        checkpoint.check_stored_args(ckpt, resume_path, flags.build_parser())
     source = None
     if args.finetune:
-        source = load_checkpoint(args.finetune)
-        check_stored_args(source, args.finetune, flags.build_parser())
-        changes = merge_finetune_args(args, given, source, args.finetune)
+        source = checkpoint.load_checkpoint(args.finetune)
+        checkpoint.check_stored_args(source, args.finetune, flags.build_parser())
+        changes = resume.merge_finetune_args(args, given, source, args.finetune)
     if args.proj_reg and not args.projection:  # on resume and --finetune: the model's own
         raise RunError(f'--proj_reg penalises the matrix of --projection, and the model of '
                        f'{resume_path or args.finetune} has none; leave --proj_reg out')
@@ -140,24 +93,24 @@ def start_run(args, given, device, group, stop):
         init_uniform(model, args.init_range)
     model = model.to(device)
     if source is not None:
-        load_weights(model, source)
+        checkpoint.load_weights(model, source)
     streams = {split: group.rows(data.batchify(getattr(corpus, split), args.batch_size)).to(device)
                for split in data.SPLITS}  # each process's rows of each stream
-    optimizer = make_optimizer(model, args.lr, args.weight_decay, args.optimizer)
-    scheduler = make_scheduler(optimizer, args.lr_factor, args.lr_patience)
+    optimizer = optim.make_optimizer(model, args.lr, args.weight_decay, args.optimizer)
+    scheduler = optim.make_scheduler(optimizer, args.lr_factor, args.lr_patience)
     forward, autocast_dtype, scaler = speedups(args, model, group.wrap(model), device,
                                                streams['train'].size(0), group)
-    stepping = Stepping(optimizer, args.clip, forward, autocast_dtype, scaler,
-                        Objective.from_flags(args),
-                        average_losses=group.mean if group.world_size > 1 else None)
+    stepping = loop.Stepping(optimizer, args.clip, forward, autocast_dtype, scaler,
+                             Objective.from_flags(args),
+                             average_losses=group.mean if group.world_size > 1 else None)
     run = Run(args, group, files, corpus, streams, model, scheduler, stepping,
               evaluator=forward if group.world_size == 1 else model, run_id=uuid.uuid4().hex,
               stop=stop, changes=changes, finetuned=source)
     seed_process(args.seed, group.rank)
     if ckpt is not None:
-        resume(run, ckpt, resume_path, given)
+        resume_from(run, ckpt, resume_path, given)
     if source is not None and args.optimizer == 'ntasgd':  # AWD-LSTM's finetune
-        run.stepping = replace(stepping, weight_average=WeightAverage(model))
+        run.stepping = replace(stepping, weight_average=optim.WeightAverage(model))
     return run
 
 
@@ -167,47 +120,32 @@ def read_data(args, files, group, ckpt, resume_path, source):
     typo in --data_dir does not cost them."""
     corpus = data.load_corpus(args.data_dir, vocab=source and source['vocab'],
                               max_vocab=args.max_vocab, min_count=args.min_count)
-    data.check_size('train', corpus.train, args.batch_size, args.seq_length)
-    for split in ('valid', 'test'):  # one target per row at least
-        data.check_size(split, getattr(corpus, split), args.batch_size)
+    data.check_sizes(corpus, args.batch_size, args.seq_length)
     if ckpt is not None:
-        check_same_data(ckpt, resume_path, corpus, args.data_dir)
+        checkpoint.check_same_data(ckpt, resume_path, corpus, args.data_dir)
     elif args.overwrite and group.is_main:
         files.delete_earlier_run()
     return corpus
 
 
-def resume(run, ckpt, path, given):
+def resume_from(run, ckpt, path, given):
     """Continue the run of the last checkpoint at `path`: its weights, optimizer, schedule,
     position and random state, with the flags of run.changes applied from the next window."""
-    args, saved = run.args, ckpt.get('args') or {}
-    for name in IGNORED_ON_RESUME:  # --seed: --variable_bptt draws each epoch's windows from it
-        kept = saved.get(name, getattr(args, name))
-        if name in given and getattr(args, name) != kept:
-            warn(f'--{name} is ignored on resume: the random state continues from the '
-                 'checkpoint', run.group.is_main)
-        setattr(args, name, kept)
-    restored = restore_training(
-        ckpt, path, run.model, run.optimizer, run.scheduler, run.stepping.scaler,
-        lambda epoch: len(epoch_windows(args, run.streams['train'], epoch)), args.batch_size)
+    args = run.args
+    for note in resume.keep_ignored(args, given, ckpt):
+        warn(note, run.group.is_main)
+    restored = checkpoint.restore_training(
+        ckpt, path, run.model, run.stepping.optimizer, run.scheduler, run.stepping.scaler,
+        lambda epoch: len(run.windows(epoch)), args.batch_size)
     run.next_epoch, run.best_val, run.position = restored[:3]
     run.val_losses = restored.val_losses
     run.stepping = replace(run.stepping, weight_average=restored.weight_average)
-    changed_processes = restore_random_state(ckpt, path, run.group, args.seed)
+    changed_processes = checkpoint.restore_random_state(ckpt, path, run.group, args.seed)
     if changed_processes:
         warn(changed_processes, run.group.is_main)
     run.run_id = ckpt.get('run_id')  # None for a checkpoint from before run ids
     run.resumed_from = path
-    apply_changes(run.changes, run.optimizer, run.scheduler)
-
-
-def epoch_windows(args, train_data, epoch):
-    """The epoch's training windows as (start, length); under --variable_bptt drawn anew
-    each epoch from the run's seed, so that a resumed run draws the same ones."""
-    if args.variable_bptt:
-        rng = random.Random(f'{args.seed}:{epoch}')
-        return data.variable_windows(train_data, args.seq_length, rng)
-    return data.fixed_windows(train_data, args.seq_length)
+    optim.apply_changes(run.changes, run.stepping.optimizer, run.scheduler)
 
 
 # ------------------------------------------------------------------ each epoch
@@ -229,16 +167,15 @@ def train_one_epoch(run, epoch, on_window=None):
     at a window's edge, when a signal asked for it. `on_window(epoch, k)` is called after
     each window k (0-based)."""
     args, group = run.args, run.group
-    windows = epoch_windows(args, run.streams['train'], epoch)
-    lr_factors = window_lr_factors(windows, args.seq_length, epoch, args.epochs, args.schedule,
-                                   args.warmup, args.variable_bptt, **step_flags(args))
-    start, seconds = EpochStart(), 0.0
+    windows = run.windows(epoch)
+    lr_factors = optim.window_lr_factors(windows, args.seq_length, epoch, args.epochs,
+                                         args.schedule, args.warmup, args.variable_bptt,
+                                         **optim.step_flags(args))
+    start, seconds = loop.EpochStart(), 0.0
     if run.position is not None:  # resuming in mid-epoch
-        p, device = run.position, run.streams['train'].device
-        hidden = tuple(group.rows(h, dim=1).contiguous().to(device, torch.float32)
-                       for h in p['hidden'])  # float16 in checkpoints written before they cast
-        start = EpochStart(p['window'], hidden, p['losses'].to(device))
-        seconds, run.position = elapsed_before(p), None
+        start, seconds = checkpoint.resumed_start(run.position, group.rows,
+                                                  run.streams['train'].device)
+        run.position = None
     started = time.monotonic() - seconds
     with progress(len(windows), f'Epoch {epoch}', shown=group.is_main,
                   initial=start.window) as bar:
@@ -246,17 +183,17 @@ def train_one_epoch(run, epoch, on_window=None):
             bar.update()
             if running_loss is not None:
                 bar.set_postfix(loss=f'{running_loss:.3f}',
-                                     ppl=f'{perplexity(running_loss):.1f}')
+                                ppl=f'{loop.perplexity(running_loss):.1f}')
             if on_window is not None:
                 on_window(epoch, k)
         try:
-            result = train_epoch(run.model, run.streams['train'], windows, run.stepping, start,
-                                 lr_factors, lambda: group.stop_agreed(run.stop.signum is not None),
-                                 show)
-        except NonFiniteLoss as e:
+            result = loop.train_epoch(
+                run.model, run.streams['train'], windows, run.stepping, start, lr_factors,
+                lambda: group.stop_agreed(run.stop.signum is not None), show)
+        except loop.NonFiniteLoss as e:
             raise RunError(f'the training loss became NaN or infinite in epoch {epoch}, window '
                            f'{e.window} of {len(windows)}. '
-                           f'{after_divergence(run.args, run.resumable)}') from None
+                           f'{resume.after_divergence(run.args, run.resumable)}') from None
     return EpochRun(result, windows, started, time.monotonic() - started)
 
 
@@ -273,16 +210,16 @@ def validate(run):
     valid = run.streams['valid']
     with progress(len(data.window_starts(valid, run.args.seq_length)), 'Validation',
                   shown=run.group.is_main) as bar, averaged(run):
-        run.val_loss, val_no_sos = evaluate(
+        run.val_loss, val_no_sos = loop.evaluate(
             run.model, valid, run.args.seq_length, forward=run.evaluator,
             autocast_dtype=run.stepping.autocast_dtype, add_across=run.group.sum,
             on_window=lambda k: bar.update())
     finite = torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()
     # A loss whose perplexity overflows (9.9e30 after --lr 1e30) is a ruined model too: saved,
     # it would become the checkpoint that every later advice resumes from.
-    if not math.isfinite(perplexity(run.val_loss)) or not finite:  # one read from the device
+    if not math.isfinite(loop.perplexity(run.val_loss)) or not finite:  # one read from the device
         raise RunError(f'the model diverged: its validation loss is {run.val_loss:g} at the end '
-                       f'of this epoch. {after_divergence(run.args, run.resumable)}')
+                       f'of this epoch. {resume.after_divergence(run.args, run.resumable)}')
     return run.val_loss, val_no_sos
 
 
@@ -292,22 +229,21 @@ def step_schedule(run, epoch, val_loss):
     args = run.args
     if args.schedule == 'plateau':
         run.scheduler.step(val_loss)
-    reached = schedule_factor(epoch, epoch, args.epochs, args.schedule, args.warmup,
-                              **step_flags(args))
-    return [g['lr'] * reached for g in run.optimizer.param_groups]
-
-
-def step_flags(args):
-    """What --schedule step takes from the flags."""
-    return {'lr_factor': args.lr_factor, 'decay_start': args.decay_start}
+    reached = optim.schedule_factor(epoch, epoch, args.epochs, args.schedule, args.warmup,
+                                    **optim.step_flags(args))
+    return [g['lr'] * reached for g in run.stepping.optimizer.param_groups]
 
 
 def save_best(run, epoch, val_loss):
     run.best_val = val_loss
     if run.group.is_main:
         with averaged(run), writing(run):
-            save_checkpoint(best_checkpoint(run.model, run.corpus.vocab, run.args, epoch,
-                                            val_loss, run.run_id), run.files.best)
+            runfiles.save_checkpoint(best_of(run, epoch, val_loss), run.files.best)
+
+
+def best_of(run, epoch, val_loss):
+    return checkpoint.best_checkpoint(run.model, run.corpus.vocab, run.args, epoch, val_loss,
+                                      run.run_id)
 
 
 def start_averaging_when_due(run, val_loss):
@@ -315,8 +251,8 @@ def start_averaging_when_due(run, val_loss):
     Returns whether it starts now."""
     args, starts = run.args, False
     if (args.optimizer == 'ntasgd' and run.stepping.weight_average is None
-            and averaging_should_start(run.val_losses, val_loss, args.nonmono)):
-        run.stepping = replace(run.stepping, weight_average=WeightAverage(run.model))
+            and optim.averaging_should_start(run.val_losses, val_loss, args.nonmono)):
+        run.stepping = replace(run.stepping, weight_average=optim.WeightAverage(run.model))
         starts = True
     run.val_losses.append(val_loss)
     return starts
@@ -325,23 +261,18 @@ def start_averaging_when_due(run, val_loss):
 def write_metrics_row(run, epoch, done, val_no_sos, lr, seconds):
     if run.metrics is None:  # not the first process
         return
-    train_loss = epoch_loss(done.result.losses, done.windows)
     tokens = run.streams['train'].numel() * run.group.world_size
     with writing(run):
-        run.metrics.append({
-            'epoch': epoch, 'train_loss': f'{train_loss:.6f}',
-            'train_ppl': f'{perplexity(train_loss):.4f}', 'val_loss': f'{run.val_loss:.6f}',
-            'val_ppl': f'{perplexity(run.val_loss):.4f}', 'val_loss_no_sos': f'{val_no_sos:.6f}',
-            'val_ppl_no_sos': f'{perplexity(val_no_sos):.4f}',
-            'lr': lr, 'seconds': f'{seconds:.2f}',
-            'train_tokens_per_s': f'{tokens / done.train_seconds:.1f}'})
+        run.metrics.append_epoch(epoch, loop.epoch_loss(done.result.losses, done.windows),
+                                 run.val_loss, val_no_sos, lr, seconds,
+                                 tokens / done.train_seconds)
 
 
 @contextlib.contextmanager
 def writing(run):
     """A block that writes one of the run's files: only while this run still holds the save
     path's lock, and never cut short by a signal."""
-    check_lock(run.files)
+    runfiles.check_lock(run.files)
     with run.stop.writing():
         yield
 
@@ -350,30 +281,22 @@ def save_last(run, epoch, done, position=None):
     """Write the last checkpoint after `done` (an EpochRun): at an epoch's end (`position`
     None) or where a signal stopped it. Every process takes part (the hidden and random
     states are gathered); the first one writes."""
-    group = run.group
-    if position is not None:  # float32 and on the CPU whatever ran: cuDNN's LSTM under
-        # autocast keeps float16 states, which a float32 or CPU resume would refuse
-        position['hidden'] = tuple(group.gather_rows(h).float().cpu() for h in position['hidden'])
-    rngs = group.gather_objects(rng_state())
-    if group.is_main:
-        best = best_checkpoint(run.model, run.corpus.vocab, run.args, epoch, run.val_loss,
-                               run.run_id)
+    rngs = run.group.gather_objects(rng_state())
+    if run.group.is_main:
         with writing(run):
-            save_checkpoint(last_checkpoint(
-                best, optimizer=run.optimizer, scheduler=run.scheduler,
-                scaler=run.stepping.scaler, best_val_loss=run.best_val, val_losses=run.val_losses,
-                weight_average=run.stepping.weight_average, rngs=rngs, position=position,
-                window_losses=done.result.losses, fingerprint=data_fingerprint(run.corpus)),
-                run.files.last)
+            runfiles.save_checkpoint(checkpoint.last_checkpoint(
+                best_of(run, epoch, run.val_loss), optimizer=run.stepping.optimizer,
+                scheduler=run.scheduler, scaler=run.stepping.scaler, best_val_loss=run.best_val,
+                val_losses=run.val_losses, weight_average=run.stepping.weight_average, rngs=rngs,
+                position=position, window_losses=done.result.losses,
+                fingerprint=checkpoint.data_fingerprint(run.corpus)), run.files.last)
     run.wrote_last = True
 
 
 def save_stopped_epoch(run, epoch, done):
     """A signal stopped `epoch` in the middle: keep where, to continue from there."""
-    result = done.result
-    save_last(run, epoch, done, {'window': result.next_window, 'losses': result.losses,
-                                 'hidden': detach_hidden(result.hidden),
-                                 'seconds': time.monotonic() - done.started})
+    save_last(run, epoch, done, checkpoint.stopped_position(done.result, done.started,
+                                                            run.group.gather_rows))
 
 
 @contextlib.contextmanager
@@ -383,56 +306,42 @@ def saving(run):
     try:
         yield
     except OSError as e:
-        raise RunError(f'could not write {e.filename or "a checkpoint"}: {write_failure(e)}. '
-                       f'{how_to_go_on(run.resumable, run.files.best)}') from None
+        raise RunError(f'could not write {e.filename or "a checkpoint"}: '
+                       f'{runfiles.write_failure(e)}. '
+                       f'{resume.how_to_go_on(run.resumable, run.files.best)}') from None
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
         raise RunError(f'out of memory in training ({allocation_failure(e)}); a smaller '
                        f'--batch_size or model needs less. '
-                       f'{how_to_go_on(run.resumable, run.files.best)}') from None
+                       f'{resume.how_to_go_on(run.resumable, run.files.best)}') from None
 
 
 # ------------------------------------------------------------------ the end
 
 def stopped_status(run):
-    """After a signal: say how to resume. SIGTERM, SIGHUP and a run with no finished epoch
-    end here (the status); after Ctrl-C the best model is still tested (None)."""
+    """After a signal: (the line that says how to resume, the exit status). SIGTERM, SIGHUP
+    and a run with no finished epoch end there; after Ctrl-C (status None) the best model
+    is still tested."""
     signum = run.stop.signum or signal.SIGTERM  # another process's signal stops this one too
-    if run.group.is_main:
-        # Once, on standard output: the run's record, which a log of the run keeps.
-        print(f'Training stopped by {signal.Signals(signum).name}. {after_stop(run.resumable)}',
-              flush=True)
-    if signum != signal.SIGINT or math.isinf(run.best_val):
-        return 128 + signum
-    return None
+    ends = signum != signal.SIGINT or math.isinf(run.best_val)
+    line = f'Training stopped by {signal.Signals(signum).name}. {resume.after_stop(run.resumable)}'
+    return line, 128 + signum if ends else None
 
 
 def load_best(run):
     """Put this run's best model, reloaded from disk, into run.model, on every process."""
     if math.isinf(run.best_val):
         raise RunError('no epoch finished, so there is no best model to test')
-    group, found = run.group, None
-    if group.is_main:  # loaded on the CPU: every process copies it onto its own device
-        path = best_model_path(run)
+    found = None
+    if run.group.is_main:  # loaded on the CPU: every process copies it onto its own device
         try:
-            best = load_checkpoint(path)
-            found = best['model_state'] if best.get('run_id') == run.run_id else (
-                f'{path} is not this run\'s best model (another run wrote it); this run\'s '
-                f'best model was saved beside the --save_path it started with. Test it with: '
-                f'python demo_tie.py --eval_only --save_path PATH')
-        except CheckpointError as e:
+            found = checkpoint.load_best_of_run(run.files.best_of_run(run.resumed_from),
+                                                run.run_id)['model_state']
+        except checkpoint.CheckpointError as e:
             found = str(e)
-    found = group.gather_objects(found)[0]  # a refusal too, so that every process ends
+    found = run.group.gather_objects(found)[0]  # a refusal too, so that every process ends
     if isinstance(found, str):
         raise RunError(found)
     run.model.load_state_dict(found)
 
-
-def best_model_path(run):
-    """Where this run's best model is: beside --save_path, or, for a run resumed into a new
-    --save_path that has not improved on it yet, beside the last checkpoint it resumed."""
-    if os.path.exists(run.files.best) or not run.resumed_from:
-        return run.files.best
-    earlier = run.resumed_from.removesuffix(LAST_SUFFIX) + '.pt'
-    return earlier if os.path.exists(earlier) else run.files.best

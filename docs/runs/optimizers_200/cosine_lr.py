@@ -4,7 +4,6 @@ windows --variable_bptt drew for seed 1111), summed over the epoch.
 
     python docs/runs/optimizers_200/cosine_lr.py      # from the repository's root, PTB installed
 """
-import argparse
 import math
 import os
 import sys
@@ -12,14 +11,12 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', '..'))
 import data
 from lm.optim import window_lr_factors
-from lm.trainer import epoch_windows
 
 EPOCHS = 8
 train = data.batchify(data.load_corpus('data/penn').train, 20)
-args = argparse.Namespace(seed=1111, variable_bptt=True, seq_length=30)
 cosine_total = plateau_total = 0.0
 for epoch in range(1, EPOCHS + 1):
-    windows = epoch_windows(args, train, epoch)
+    windows = data.epoch_windows(train, 30, epoch, variable=True, seed=1111)
     cosine = sum(window_lr_factors(windows, 30, epoch, EPOCHS, 'cosine', 1.0, True))
     plateau = sum(window_lr_factors(windows, 30, epoch, EPOCHS, 'plateau', 0.0, True))
     cosine_total, plateau_total = cosine_total + cosine, plateau_total + plateau
