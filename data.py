@@ -1,4 +1,5 @@
-"""Read a PTB-style corpus into a vocabulary and token streams, and cut the streams into windows.
+"""Read a PTB-style corpus into a vocabulary and token streams, cut the streams into windows,
+and read any text (a file to score, say) onto a trained vocabulary.
 
 A corpus folder holds train.txt, valid.txt and test.txt: UTF-8, one sentence a line, words
 separated by whitespace. Each non-blank line becomes `<sos> w1 ... wn <eos>`.
@@ -9,6 +10,7 @@ import re
 import sys
 from array import array
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -318,3 +320,53 @@ def check_size(name, stream, batch_size, seq_length=None):
     raise DataError(f'{name} split is too small: {stream.numel()} tokens, but one window of '
                     f'--batch_size {batch_size} x --seq_length {seq_length} needs {need}; '
                     'use a smaller --batch_size or --seq_length')
+
+
+class Text(NamedTuple):
+    """A text read as training reads it, mapped onto a vocabulary (read_text)."""
+    line_numbers: list     # the input's line number of each non-blank line
+    words: list            # each line's words, as written
+    stream: torch.Tensor   # <sos> w1 .. wn <eos> for every line, as vocabulary ids
+    line_of: np.ndarray    # for each stream position, the index of its line in `words`
+    respelled: list        # (word, as read) of every respelled word
+    unknown: list          # every word the vocabulary lacks (read as <unk>)
+    respelled_per_line: list  # how many of each line's words were respelled
+    unk_per_line: list     # how many of each line's words are scored as <unk>
+
+
+def read_input(path):
+    """The file to read, '-' being standard input (refused when closed, `<&-`)."""
+    if path == '-':
+        if sys.stdin is None:
+            raise DataError('standard input is closed; give a file to score, or pipe '
+                                 'text in: echo "some words" | python score.py -')
+        return sys.stdin.buffer
+    try:
+        return open(path, 'rb')
+    except OSError as e:
+        raise DataError(f'cannot read {path}: {e.strerror or e}') from None
+
+
+def read_text(path, vocab):
+    """Read `path` ('-': stdin) as training reads text and map its words onto `vocab`."""
+    name = '<stdin>' if path == '-' else path
+    f = read_input(path)
+    index = {w: i for i, w in enumerate(vocab)}
+    respell = is_ptb_style(vocab)
+    line_numbers, words, ids, line_of, respelled, unknown = [], [], [], [], [], []
+    respelled_per_line, unk_per_line, unk = [], [], index[UNK]
+    with f:
+        for number, line_words in word_lines(f, name):
+            line_ids, line_respelled, line_unknown = map_words(line_words, index, respell)
+            ids += [SOS] + line_ids + [EOS]
+            line_of += [len(words)] * (len(line_ids) + 2)
+            line_numbers.append(number)
+            words.append(line_words)
+            respelled += line_respelled
+            unknown += line_unknown
+            respelled_per_line.append(len(line_respelled))
+            unk_per_line.append(line_ids.count(unk))
+    if not words:
+        raise DataError(f'{name} has no words to score')
+    return Text(line_numbers, words, torch.tensor(ids), np.array(line_of), respelled, unknown,
+                respelled_per_line, unk_per_line)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lm.checkpoint import TRAIN_FIRST, CheckpointError, build_model, load_checkpoint
+from lm.flags import add_checkpoint_flag
 
 INPUTS, OUTPUTS = ('ids', 'h', 'c'), ('logits', 'h_next', 'c_next')
 CHECK_TOLERANCE = 1e-4  # nats: the log-probabilities of ONNX Runtime and PyTorch agree within
@@ -97,7 +98,7 @@ def largest_difference(model, path, windows=3, batch=4, length=20, seed=0):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--checkpoint', default='best_model.pt', help='The model to export')
+    add_checkpoint_flag(p, help='The model to export')
     p.add_argument('--onnx', required=True, metavar='FILE',
                    help='Where to write the graph (the vocabulary goes beside it)')
     return p

@@ -25,6 +25,7 @@ from lm.device import (
     quiet_on_closed_pipe,
 )
 from lm.flags import (
+    add_checkpoint_flag,
     add_device_flags,
     checked_number,
     non_negative_int,
@@ -40,8 +41,7 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--seed_text', type=str, default='',
                         help='Words to continue (empty: start a new sentence)')
-    parser.add_argument('--checkpoint', type=str, default='best_model.pt',
-                        help='Checkpoint written by demo_tie.py (its --save_path)')
+    add_checkpoint_flag(parser)
     parser.add_argument('--num_words', type=positive_int, default=50,
                         help='Number of words to generate')
     parser.add_argument('--temperature', type=positive_float, default=1.0,
@@ -57,10 +57,7 @@ def build_parser():
                         help='End each sample at the end of its first sentence')
     parser.add_argument('--seed', type=seed_value, default=None,
                         help='Random seed: the same seed and flags give the same text')
-    add_device_flags(parser)
-    parser.add_argument('--amp', action='store_true',
-                        help="Run the model under autocast where the trainer's --amp "
-                             'would (default: float32)')
+    add_device_flags(parser, amp='Run the model')
     return parser
 
 

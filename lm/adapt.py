@@ -18,13 +18,20 @@ learns from it, so a token's score depends on the text before it alone:
         memory only; reset() puts the checkpoint's weights back.
 
 lm.loop.token_losses runs the windows; `adaptive_scorer` is what it calls for each of them.
+Below the methods: score.py's flags for them (add_adaptive_flags) and --tune, which chooses
+their values on a held-out text by a grid search.
 """
 import contextlib
 import math
+import os
+import sys
 
 import torch
 
 import data
+from lm.console import progress
+from lm.flags import checked_number, non_negative_float, non_negative_int, positive_int
+from lm.loop import perplexity, token_losses
 from lm.loss import cross_entropy
 from model import detach_hidden
 
@@ -165,3 +172,140 @@ def replay_cache(recorded, window, theta, lam, is_scored):
         total += float(mixed[keep].double().sum())
         count += int(keep.sum())
     return total / max(1, count)
+
+
+# --tune's grids: the dynamic evaluation's rate first (at the decay given), then its decay at
+# the best rate, then the cache's (theta, lambda) pairs over that adapting model
+DYNAMIC_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4)
+
+
+DYNAMIC_DECAYS = (0.0, 1e-3, 1e-2)
+
+
+CACHE_THETAS = (0.1, 0.3, 0.6, 1.0)
+
+
+CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+def add_adaptive_flags(parser):
+    """score.py's flags of the two methods and of --tune."""
+    group = parser.add_argument_group(
+        'scores that adapt to the text (one stream; defaults tuned with --tune on PTB valid.txt '
+        'for the regularized tied 2x650 model of docs/results.md)')
+    add = group.add_argument
+    add('--cache', action='store_true',
+        help='Neural cache (Grave et al. 2017) over the last LSTM layer\'s outputs')
+    add('--cache_window', type=positive_int, default=500, help='Positions the cache holds')
+    add('--cache_theta', type=non_negative_float, default=0.6,
+        help='Sharpness of the match between outputs')
+    add('--cache_lambda', type=checked_number(float, lambda v: 0 <= v <= 1, 'in [0, 1]'),
+        default=0.1, help='Weight of the cache in the mixture')
+    add('--dynamic', action='store_true',
+        help='Dynamic evaluation (Krause et al. 2018, RMS): a gradient step after each segment')
+    add('--dynamic_lr', type=non_negative_float, default=5e-5, help='Step size (eta)')
+    add('--dynamic_decay', type=non_negative_float, default=1e-3,
+        help='Pull back towards the trained weights (lambda)')
+    add('--dynamic_segment', type=positive_int, default=20, help='Tokens between steps')
+    add('--dynamic_stats', metavar='FILE', default=None,
+        help="Text for the gradient statistics (default: train.txt of the checkpoint's "
+             '--data_dir)')
+    add('--dynamic_stats_tokens', type=positive_int, default=300_000,
+        help='How many of its first tokens to use')
+    add('--dynamic_stats_rows', type=positive_int, default=64,
+        help='Rows that text is read in, side by side (one gradient each window)')
+    add('--tune', metavar='FILE', default=None,
+        help='Choose the values above on FILE (valid.txt, say; the scored text itself is '
+             'refused), print each grid point, then score the input with the values kept '
+             '(the defaults where every point ties)')
+    add('--tune_tokens', type=non_negative_int, default=0,
+        help='Tune on the first this many tokens of --tune FILE (0: all)')
+
+
+def stats_file(trained):
+    data_dir = trained.get('data_dir')
+    if not isinstance(data_dir, str):
+        raise data.DataError('--dynamic needs training text for its gradient statistics; give '
+                             'it with --dynamic_stats FILE')
+    return os.path.join(data_dir, 'train.txt')
+
+
+def method_values(args):
+    """The adaptive methods in use and their values, for the summary and the JSON."""
+    method = {}
+    if args.cache:
+        method['cache'] = {'window': args.cache_window, 'theta': args.cache_theta,
+                           'lambda': args.cache_lambda}
+    if args.dynamic:
+        method['dynamic'] = {'lr': args.dynamic_lr, 'decay': args.dynamic_decay,
+                             'segment': args.dynamic_segment,
+                             'stats_tokens': args.dynamic_stats_tokens,
+                             'stats_rows': args.dynamic_stats_rows}
+    return method
+
+
+def describe_method(args):
+    names = {'cache': 'neural cache', 'dynamic': 'dynamic evaluation'}
+    return ' + '.join(f'{names[m]} (' + ', '.join(f'{k} {v:g}' for k, v in values.items()) + ')'
+                      for m, values in method_values(args).items())
+
+
+def tune(args, model, rms, seq_length, text):
+    """Set the method's values to those that score `text` (--tune FILE) best, without <sos>
+    (the papers' protocol), printing each grid point on stderr."""
+    device = next(model.parameters()).device
+    stream = text.stream[:args.tune_tokens + 1] if args.tune_tokens else text.stream
+    batched = stream.view(1, -1).to(device)
+
+    def run(lr, decay, record=None, desc='tune'):
+        dynamic = DynamicEval(model, rms, lr, decay) if args.dynamic else None
+        windows = len(data.window_starts(batched, seq_length))
+        with cudnn_backward_in_eval(device, needed=dynamic is not None), \
+                progress(windows, desc, hide_below=20) as bar:
+            result = token_losses(model, batched, seq_length,
+                                  scorer=adaptive_scorer(model, dynamic=dynamic, record=record),
+                                  on_window=lambda k: bar.update())
+        if dynamic is not None:
+            dynamic.reset()
+        return result.sum_no_sos / max(1, result.count_no_sos)
+
+    def keep_best(name, grid, loss_of, current):
+        losses = {}
+        for value in grid:  # each point said as it is scored: a grid takes minutes
+            losses[value] = loss = loss_of(value, f'tune {name} {value:g}')
+            print(f'tune: {name} {value:g}: perplexity without <sos> {perplexity(loss):.4f}',
+                  file=sys.stderr, flush=True)
+        return best_of(losses, current, lambda value: f'{name} {value:g}')
+
+    print(f'tune: {stream.numel() - 1} targets of {args.tune}', file=sys.stderr)
+    if args.dynamic:
+        args.dynamic_lr = keep_best('--dynamic_lr', DYNAMIC_LRS,
+                                    lambda lr, desc: run(lr, args.dynamic_decay, desc=desc),
+                                    args.dynamic_lr)
+        args.dynamic_decay = keep_best('--dynamic_decay', DYNAMIC_DECAYS,
+                                       lambda decay, desc: run(args.dynamic_lr, decay, desc=desc),
+                                       args.dynamic_decay)
+    if args.cache:
+        recorded = []
+        run(args.dynamic_lr, args.dynamic_decay, record=recorded, desc='tune the cache')
+        pairs = [(theta, lam) for theta in CACHE_THETAS for lam in CACHE_LAMBDAS]
+        losses = {pair: replay_cache(recorded, args.cache_window, *pair,
+                                     lambda y: y != data.SOS) for pair in pairs}
+        for (theta, lam), loss in losses.items():
+            print(f'tune: --cache_theta {theta:g} --cache_lambda {lam:g}: perplexity without '
+                  f'<sos> {perplexity(loss):.4f}', file=sys.stderr)
+        args.cache_theta, args.cache_lambda = best_of(
+            losses, (args.cache_theta, args.cache_lambda),
+            lambda pair: f'--cache_theta {pair[0]:g} --cache_lambda {pair[1]:g}')
+
+
+def best_of(losses, current, describe):
+    """The grid point of `losses` that scored best, or `current` where every point ties (a
+    tuning text too short to tell them apart), saying on stderr which is kept."""
+    if len(set(losses.values())) == 1:
+        print(f'tune: every grid point scores the same on this text, too short to tell them '
+              f'apart; keeping {describe(current)}', file=sys.stderr, flush=True)
+        return current
+    best = min(losses, key=losses.get)
+    print(f'tune: keeping {describe(best)}', file=sys.stderr, flush=True)
+    return best

@@ -267,11 +267,21 @@ def add_flags(parser, wanted):
         flag.add_to(target)
 
 
-def add_device_flags(parser):
-    """--device, --cuda and --threads, for the scripts that run a trained model."""
+def add_checkpoint_flag(parser, help='Checkpoint written by demo_tie.py (its --save_path)'):
+    """--checkpoint, for the scripts that read a trained model."""
+    parser.add_argument('--checkpoint', default='best_model.pt', help=help)
+
+
+def add_device_flags(parser, amp=None):
+    """--device, --cuda and --threads, for the scripts that run a trained model; with `amp`
+    (what runs under autocast: 'Score', say), their --amp too."""
     add_flags(parser, ['device', 'threads'])
     parser.add_argument('--cuda', action='store_true',
                         help="Use CUDA: the reference's flag, the same as --device cuda")
+    if amp:
+        parser.add_argument('--amp', action='store_true',
+                            help=f"{amp} under autocast where the trainer's --amp would "
+                                 '(default: float32)')
 
 
 def explicit_flags(parser, argv):

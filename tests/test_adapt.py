@@ -105,7 +105,7 @@ def test_dynamic_statistics_from_a_text_shorter_than_their_rows(model, tmp_path)
 
 
 def test_tune_takes_its_values_from_the_tuning_file_alone(model, tmp_path):
-    import score as script
+    from lm import adapt
     (tmp_path / 'other.txt').write_text('w1 w1 w1 w1 w1 w1\nw2 w2 w2\n' * 20)
     flags = ['--cache', '--dynamic', '--tune', model['corpus'] / 'valid.txt']
     one, err_one = score(model, model['corpus'] / 'test.txt', *flags)
@@ -115,8 +115,8 @@ def test_tune_takes_its_values_from_the_tuning_file_alone(model, tmp_path):
     assert kept == [line for line in err_two.splitlines() if line.startswith('tune: keeping')]
     assert one['method'] == two['method']
     points = [line for line in err_one.splitlines() if 'perplexity without <sos>' in line]
-    assert len(points) == (len(script.DYNAMIC_LRS) + len(script.DYNAMIC_DECAYS)
-                           + len(script.CACHE_THETAS) * len(script.CACHE_LAMBDAS))
+    assert len(points) == (len(adapt.DYNAMIC_LRS) + len(adapt.DYNAMIC_DECAYS)
+                           + len(adapt.CACHE_THETAS) * len(adapt.CACHE_LAMBDAS))
 
 
 def test_a_tuning_text_too_short_to_tell_the_grid_apart_keeps_the_defaults(model, tmp_path):

@@ -10,8 +10,10 @@ import sys
 import pytest
 import torch
 
+import data
 from conftest import LOGPROB_TOL, PATTERN, ROOT, run_main, run_script, train, write_corpus
 from lm.checkpoint import build_model, load_checkpoint
+from lm.scoring import score_independent
 
 
 def score(trained, *args):
@@ -189,13 +191,12 @@ def test_scoring_from_a_closed_stdin_says_so(trained):
 
 
 def test_independent_lines_are_scored_in_pieces_of_bounded_size(trained):
-    import score
     ckpt = load_checkpoint(trained['checkpoint'])
     model = build_model(ckpt)
     line = ' '.join(['one two three four five six seven eight'] * 40)
     path = trained['folder'] / 'long_line.txt'
     path.write_text(line + '\nfive six\n')
-    text = score.read_text(str(path), ckpt['vocab'])
-    whole = score.score_independent(model, text, None, torch.device('cpu'), budget=10**9)
-    pieces = score.score_independent(model, text, None, torch.device('cpu'), budget=50)
+    text = data.read_text(str(path), ckpt['vocab'])
+    whole = score_independent(model, text, None, torch.device('cpu'), budget=10**9)
+    pieces = score_independent(model, text, None, torch.device('cpu'), budget=50)
     assert pieces == pytest.approx(whole, abs=LOGPROB_TOL, nan_ok=True)  # losses, in nats
