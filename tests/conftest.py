@@ -6,6 +6,8 @@ import contextlib
 import importlib
 import io
 import os
+import random
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +40,32 @@ TRAINED_TOL = 1e-3   # a loss after training steps that took other kernels (on a
 # with a GPU; the CUDA path has tests of its own, marked `cuda`.
 TINY = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '1', '--batch_size', '4',
         '--seq_length', '8', '--lr', '0.01', '--dropout', '0.1', '--device', 'cpu']
+
+
+def tiny_flags(**changed):
+    """TINY with some flags changed: tiny_flags(num_layers=2, dropout=0)."""
+    flags = dict(zip(TINY[::2], TINY[1::2]))
+    flags.update({f'--{name}': str(value) for name, value in changed.items()})
+    return [item for pair in flags.items() for item in pair]
+
+
+def fails(proc, message, status=1):
+    """A script that ended in one line: `message` (a regular expression) on stderr, no
+    traceback, exit status `status` (2: a usage error)."""
+    assert proc.returncode == status, proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert re.search(message, proc.stderr), proc.stderr
+
+
+def random_corpus(folder, words, seed=0, lines=(400, 40, 40), length=(3, 12)):
+    """train, valid and test.txt of `lines` lines each, every line `length` (inclusive) words
+    drawn from `words`, the same for the same `seed`."""
+    rng = random.Random(seed)
+
+    def text(n):
+        return ''.join(' '.join(rng.choice(words) for _ in range(rng.randint(*length))) + '\n'
+                       for _ in range(n))
+    return write_corpus(folder, *(text(n) for n in lines))
 
 
 def write_corpus(folder, train, valid=None, test=None):
@@ -105,6 +133,12 @@ def run_main(script, *args, **kw):
                                        err.buffer.getvalue().decode())
 
 
+# The stop is polled when a window's step is done, before the per-window hook runs; a signal
+# sent from the hook after window SIGNALLED (0-based) is therefore seen after the next one:
+# the stopped run's checkpoint resumes at window STOPPED_AT.
+SIGNALLED, STOPPED_AT = 40, 42
+
+
 def signal_at(epoch, window, signum=signal.SIGTERM):
     """An on_window for demo_tie.main: a real `signum` to this process after training
     window `window` (0-based) of `epoch`, so that the run stops there, every time."""
@@ -154,10 +188,10 @@ def run_whole_and_interrupted(folder, *flags):
     whole, _ = train(folder, *flags, epochs=2)
     assert whole.returncode == 0, whole.stderr
     stopped, save = train(folder / 'stopped', *flags, epochs=2, corpus=corpus,
-                          on_window=signal_at(1, 40))
+                          on_window=signal_at(1, SIGNALLED))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
     assert torch.load(folder / 'stopped' / 'model.last.pt',
-                      weights_only=True)['position']['window'] == 42
+                      weights_only=True)['position']['window'] == STOPPED_AT
     resumed = run_main('demo_tie.py', '--save_path', save, '--data_dir', corpus, '--resume')
     assert resumed.returncode == 0, resumed.stderr
     return whole, resumed
@@ -237,7 +271,7 @@ def stopped_run(tmp_path_factory):
     """A run stopped by SIGTERM in epoch 1, after window 40: model.last.pt holds its position
     in mid-epoch, and no epoch has ended. Tests copy what they change."""
     folder = tmp_path_factory.mktemp('stopped')
-    proc, _ = train(folder, epochs=3, on_window=signal_at(1, 40))
+    proc, _ = train(folder, epochs=3, on_window=signal_at(1, SIGNALLED))
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     return folder
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import LOGPROB_TOL, ROOT, TINY, run_main, wait_for, write_corpus
+from conftest import LOGPROB_TOL, ROOT, TINY, random_corpus, run_main, wait_for
 
 WORDS = [f'w{i}' for i in range(30)]
 
@@ -18,12 +18,7 @@ WORDS = [f'w{i}' for i in range(30)]
 def model(tmp_path_factory):
     """A tiny model of random sentences over 30 words: uncertain about every next word."""
     folder = tmp_path_factory.mktemp('adapt')
-    rng = random.Random(3)
-
-    def text(lines):
-        return ''.join(' '.join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + '\n'
-                       for _ in range(lines))
-    corpus = write_corpus(folder / 'corpus', text(400), text(40), text(40))
+    corpus = random_corpus(folder / 'corpus', WORDS, seed=3, length=(4, 9))
     proc = run_main('demo_tie.py', '--data_dir', corpus, *TINY, '--tied', '--epochs', 2,
                     '--save_path', folder / 'model.pt')
     assert proc.returncode == 0, proc.stderr

@@ -3,14 +3,13 @@ checkpoints or lie about themselves, hostile ones, and checkpoints written by ol
 import csv
 import os
 import pickle
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY, TRAINED_TOL, block_reading, copy_run, run_main
+from conftest import TINY, TRAINED_TOL, block_reading, copy_run, fails, run_main
 
 OLD = Path(__file__).resolve().parent / 'fixtures' / 'old_run'
 
@@ -35,12 +34,6 @@ def read_with(reader, trained, path):
                     '--save_path', path)
 
 
-def refused(proc, message):
-    assert proc.returncode == 1, proc.stderr
-    assert re.search(message, proc.stderr), proc.stderr
-    assert 'Traceback' not in proc.stderr
-
-
 class Marker:
     """Unpickling this creates a file: what a hostile checkpoint would do."""
 
@@ -63,7 +56,7 @@ def test_hostile_checkpoint_never_runs_code(tmp_path, writer, trained):
     for proc in (read_with('generate.py', trained, bad), read_with('score.py', trained, bad),
                  run_main('demo_tie.py', '--data_dir', trained['corpus'], *TINY, '--tied',
                           '--save_path', tmp_path / 'm.pt', '--resume', bad)):
-        refused(proc, 'can be opened safely')
+        fails(proc, 'can be opened safely')
         assert 'Warning' not in proc.stderr
     assert not marker.exists()
 
@@ -89,7 +82,7 @@ def test_files_that_are_not_checkpoints_are_called_so(tmp_path, trained, damage)
         bad.write_text('hello world\nthis is text\n')
     for reader in ('generate.py', 'demo_tie.py'):
         proc = read_with(reader, trained, bad)
-        refused(proc, r'error: .* is not a checkpoint')
+        fails(proc, r'error: .* is not a checkpoint')
         assert 'run code' not in proc.stderr
 
 
@@ -101,16 +94,16 @@ def test_a_checkpoint_that_cannot_be_read_is_named_with_the_reason(tmp_path, tra
     bad = tmp_path / 'bad.pt'
     block_reading(bad, kind, Path(trained['checkpoint']).read_bytes())
     for reader in ('generate.py', 'score.py'):
-        refused(read_with(reader, trained, bad), expected)
+        fails(read_with(reader, trained, bad), expected)
 
 
 def test_a_checkpoint_of_a_newer_format_says_so(tmp_path, trained):
     ckpt = torch.load(trained['checkpoint'], weights_only=True)
     ckpt['format'] = 'lstm-tied-lm/2'
     torch.save(ckpt, tmp_path / 'newer.pt')
-    refused(read_with('generate.py', trained, tmp_path / 'newer.pt'),
-            r'written by a newer version of this project \(its format is lstm-tied-lm/2, this '
-            r'version reads lstm-tied-lm/1\)')
+    fails(read_with('generate.py', trained, tmp_path / 'newer.pt'),
+          r'written by a newer version of this project \(its format is lstm-tied-lm/2, this '
+          r'version reads lstm-tied-lm/1\)')
 
 
 def test_model_arguments_this_version_does_not_know_are_named_in_a_warning(tmp_path, trained):
@@ -135,7 +128,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, trained):
     path = lying_copy(trained, tmp_path,
                       lambda c: c['model_state']['fc.bias'].__setitem__(0, float('nan')))
     for reader in ('generate.py', 'demo_tie.py'):
-        refused(read_with(reader, trained, path), 'NaN or infinite weights')
+        fails(read_with(reader, trained, path), 'NaN or infinite weights')
 
 
 # each case through one of the readers (they share load_checkpoint), all readers in turn
@@ -145,7 +138,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, trained):
 def test_sizes_that_do_not_match_the_weights_are_refused_before_anything_is_built(
         trained, tmp_path, field, value, reader):
     path = lying_copy(trained, tmp_path, lambda c: c['model_args'].__setitem__(field, value))
-    refused(read_with(reader, trained, path), 'does not match its weights|LSTM layers')
+    fails(read_with(reader, trained, path), 'does not match its weights|LSTM layers')
 
 
 @pytest.mark.parametrize('dtype, reader', [(torch.int64, 'generate.py'),
@@ -154,14 +147,14 @@ def test_sizes_that_do_not_match_the_weights_are_refused_before_anything_is_buil
 def test_weights_that_are_not_real_numbers_are_refused(trained, tmp_path, dtype, reader):
     def cast(ckpt):
         ckpt['model_state']['fc.bias'] = ckpt['model_state']['fc.bias'].to(dtype)
-    refused(read_with(reader, trained, lying_copy(trained, tmp_path, cast)), 'floating-point')
+    fails(read_with(reader, trained, lying_copy(trained, tmp_path, cast)), 'floating-point')
 
 
 @pytest.mark.parametrize('field, value', [('dropouti', 'x'), ('wdrop', 1.5),
                                           ('variational', 'yes')])
 def test_a_checkpoint_with_a_bad_regulariser_is_called_damaged(tmp_path, trained, field, value):
     path = lying_copy(trained, tmp_path, lambda c: c['model_args'].__setitem__(field, value))
-    refused(read_with('generate.py', trained, path), 'is damaged: its model description')
+    fails(read_with('generate.py', trained, path), 'is damaged: its model description')
 
 
 @pytest.mark.parametrize('field, value, reader', [
@@ -176,7 +169,7 @@ def test_stored_training_arguments_are_read_as_the_command_line_reads_them(
             ckpt['args'][field] = value
         if field == 'dropout':  # the rate the model is built with, too
             ckpt['model_args'][field] = value
-    refused(read_with(reader, trained, lying_copy(trained, tmp_path, change)), 'is damaged')
+    fails(read_with(reader, trained, lying_copy(trained, tmp_path, change)), 'is damaged')
 
 
 @pytest.mark.parametrize('field, value', [('lr', 'fast'), ('epochs', -5), ('optimizer', 'evil'),
@@ -189,7 +182,7 @@ def test_a_resume_refuses_stored_arguments_the_command_line_would_refuse(
     torch.save(ckpt, tmp_path / 'model.last.pt')
     proc = run_main('demo_tie.py', '--data_dir', tmp_path / 'corpus', '--save_path',
                     tmp_path / 'model.pt', '--resume', '--epochs', 2)
-    refused(proc, f'stored --{field}')
+    fails(proc, f'stored --{field}')
 
 
 # ------------------------------------------------------------------ written by older code

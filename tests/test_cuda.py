@@ -4,7 +4,7 @@ CPU can check of that path (float16 hidden states and CUDA random states in chec
 import pytest
 import torch
 
-from conftest import TINY, run_main, signal_at, train
+from conftest import SIGNALLED, TINY, run_main, signal_at, train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')]
@@ -22,7 +22,7 @@ def test_amp_on_cuda_trains_with_float16_and_a_scaler_and_saves_float32(tmp_path
 
 
 def test_a_gpu_amp_run_stopped_in_mid_epoch_resumes_on_the_cpu(tmp_path):
-    stopped, _ = train(tmp_path, *ON_CUDA, '--amp', epochs=2, on_window=signal_at(1, 40))
+    stopped, _ = train(tmp_path, *ON_CUDA, '--amp', epochs=2, on_window=signal_at(1, SIGNALLED))
     assert stopped.returncode == 143, stopped.stderr
     hidden = torch.load(tmp_path / 'model.last.pt', weights_only=True)['position']['hidden']
     assert all(h.dtype == torch.float32 and h.device.type == 'cpu' for h in hidden)

@@ -1,6 +1,5 @@
 """demo_tie.py under torchrun: two CPU processes (gloo) against one, on a tiny corpus."""
 import os
-import random
 import re
 import signal
 import subprocess
@@ -9,11 +8,10 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TRAINED_TOL, run_main, write_corpus
+from conftest import ROOT, TRAINED_TOL, random_corpus, run_main, tiny_flags, write_corpus
 
 # dropout 0: the processes' different dropout streams would make the runs differ
-FLAGS = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '2', '--batch_size', '4',
-         '--seq_length', '8', '--lr', '0.01', '--dropout', '0', '--tied', '--device', 'cpu']
+FLAGS = [*tiny_flags(num_layers=2, dropout=0), '--tied']
 
 
 def torchrun(nproc, *args, popen=False):
@@ -35,13 +33,7 @@ def printed(proc, prefix):
 def corpus(tmp_path_factory):
     """Random sentences over 30 words: the loss stays well above 0, so relative differences
     between the runs mean something."""
-    rng = random.Random(0)
-    words = [f'w{i}' for i in range(30)]
-
-    def text(lines):
-        return ''.join(' '.join(rng.choice(words) for _ in range(rng.randint(3, 12))) + '\n'
-                       for _ in range(lines))
-    return write_corpus(tmp_path_factory.mktemp('corpus'), text(400), text(40), text(40))
+    return random_corpus(tmp_path_factory.mktemp('corpus'), [f'w{i}' for i in range(30)])
 
 
 @pytest.fixture(scope='module')

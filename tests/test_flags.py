@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT, run_main
 from lm import flags
 from lm.resume import CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, FROM_THE_MODEL, LAYOUT
+from model import MODEL_ARGS, MODEL_REGULARIZERS
 
 REFERENCE = ['data_dir', 'batch_size', 'embed_size', 'hidden_size', 'num_layers', 'dropout', 'lr',
              'epochs', 'clip', 'seq_length', 'save_path', 'weight_decay', 'lr_factor',
@@ -45,9 +46,12 @@ def test_the_resume_rules_are_the_declared_ones():
     assert 'warmup' in CHANGEABLE_ON_RESUME and 'lr' in CHANGEABLE_ON_RESUME
     assert LAYOUT == ('batch_size', 'seq_length', 'variable_bptt')
     assert set(FROM_THE_MODEL) >= set(LAYOUT) and 'lr' not in FROM_THE_MODEL
-    # every flag a checkpoint carries has one rule, or is this command's
-    ruled = FIXED_ON_RESUME + LAYOUT + CHANGEABLE_ON_RESUME
-    assert len(ruled) == len(set(ruled))
+    # a flag that describes the model has a rule (a new flag's default rule is the command's,
+    # which would build another model on resume): the trained model's under --finetune, on
+    # resume the checkpoint's, or a rate the resumed run may change
+    described = set(MODEL_ARGS) - {'vocab_size'} | set(MODEL_REGULARIZERS)
+    assert described <= set(FROM_THE_MODEL)
+    assert described <= set(FIXED_ON_RESUME) | set(CHANGEABLE_ON_RESUME)
 
 
 def test_help_shows_the_reference_defaults():

@@ -16,6 +16,7 @@ from conftest import (
     run_main,
     run_whole_and_interrupted,
     states_equal,
+    tiny_flags,
     write_corpus,
 )
 from lm.checkpoint import build_model
@@ -23,8 +24,8 @@ from lm.loop import evaluate
 from lm.optim import WeightAverage, averaging_should_start, window_lr_factors
 from model import LSTMLanguageModel
 
-SMALL = ['--embed_size', '16', '--hidden_size', '16', '--num_layers', '2', '--batch_size', '4',
-         '--seq_length', '8', '--tied', '--device', 'cpu']
+# the trainer's own rate and dropout
+SMALL = [*tiny_flags(num_layers=2, lr=0.001, dropout=0.5), '--tied']
 
 
 def test_in_use_puts_the_mean_in_and_the_weights_back():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import (
+    STOPPED_AT,
     TINY,
     copy_run,
     pattern_corpus,
@@ -64,7 +65,7 @@ def test_a_run_stopped_in_mid_epoch_resumes_bit_for_bit(tmp_path, trained, stopp
     """stopped_run: the trained fixture's settings, stopped by SIGTERM in epoch 1."""
     copy_run(stopped_run, tmp_path)
     last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
-    assert last['epoch'] == 1 and last['position']['window'] == 42
+    assert last['epoch'] == 1 and last['position']['window'] == STOPPED_AT
     if change is not None:
         change(last)
         torch.save(last, tmp_path / 'model.last.pt')

@@ -6,12 +6,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import (
     ROOT,
+    SIGNALLED,
+    STOPPED_AT,
     pattern_corpus,
     printed_test_lines,
     run_main,
@@ -21,6 +24,7 @@ from conftest import (
     wait_for,
     write_corpus,
 )
+from lm.signals import STOP_SIGNALS
 
 
 def test_sigterm_saves_a_last_checkpoint_and_the_printed_command_resumes(tmp_path, long_corpus):
@@ -47,12 +51,12 @@ def test_sigterm_saves_a_last_checkpoint_and_the_printed_command_resumes(tmp_pat
 @pytest.mark.parametrize('signum', [signal.SIGUSR1, signal.SIGUSR2])
 def test_a_batch_schedulers_warning_signal_saves_and_stops_like_sigterm(tmp_path, signum):
     """Slurm's --signal and SGE's -notify send SIGUSR1 or SIGUSR2 before the time runs out."""
-    proc, _ = train(tmp_path, epochs=3, on_window=signal_at(1, 40, signum))
+    proc, _ = train(tmp_path, epochs=3, on_window=signal_at(1, SIGNALLED, signum))
     assert proc.returncode == 128 + signum, proc.stderr
     name = signal.Signals(signum).name
     assert f'Training stopped by {name}. Resume with: python demo_tie.py' in proc.stdout
     last = torch.load(tmp_path / 'model.last.pt', weights_only=True)
-    assert last['position']['window'] == 42
+    assert last['position']['window'] == STOPPED_AT
 
 
 def test_sighup_saves_the_epoch_in_progress_and_exits_129(tmp_path, long_corpus):
@@ -69,12 +73,29 @@ def test_sighup_saves_the_epoch_in_progress_and_exits_129(tmp_path, long_corpus)
 def test_a_signal_while_the_trainer_starts_ends_it_at_once_with_a_line(tmp_path, signum):
     pattern_corpus(tmp_path / 'corpus')
     proc = trainer_process(tmp_path, '--epochs', '5')
-    time.sleep(0.4)  # importing PyTorch
+    handling(proc)  # then it imports PyTorch, which takes far longer than delivery
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err
     assert 'stopped at once' in err and 'Traceback' not in err
     assert not (tmp_path / 'model.last.pt').exists()
+
+
+def handling(proc):
+    """Wait until `proc` has installed its handlers of STOP_SIGNALS (their bits in SigCgt of
+    /proc/PID/status), the first thing the trainer does, rather than for a guessed time.
+    Python catches SIGINT itself from the start, so the bits of the others tell: the script
+    installs them all in a row."""
+    status = Path(f'/proc/{proc.pid}/status')
+    if not status.exists():
+        pytest.skip('needs /proc to see when the handler is installed')
+    while True:
+        caught = next(line for line in status.read_text().splitlines()
+                      if line.startswith('SigCgt:'))
+        if all(int(caught.split()[1], 16) >> (s - 1) & 1 for s in STOP_SIGNALS):
+            return
+        assert proc.poll() is None, 'the trainer ended before installing its handler'
+        time.sleep(0.001)
 
 
 def run_snippet(code):

@@ -13,6 +13,7 @@ from conftest import (
     PATTERN,
     TINY,
     copy_run,
+    fails,
     pattern_corpus,
     printed_test_lines,
     run_main,
@@ -133,12 +134,6 @@ def test_a_divergence_in_the_last_step_of_an_epoch_keeps_the_last_good_checkpoin
     assert 'Epoch: 2,' in resumed.stdout
 
 
-def fails(proc, message):
-    assert proc.returncode != 0
-    assert 'Traceback' not in proc.stderr
-    assert re.search(message, proc.stderr), proc.stderr
-
-
 def test_missing_data_folder_says_run_getdata(tmp_path):
     fails(run_main('demo_tie.py', '--data_dir', tmp_path / 'nope', '--save_path',
                    tmp_path / 'm.pt'),
@@ -198,7 +193,7 @@ def test_vocabulary_options_print_how_many_training_words_became_unk(tmp_path):
 
 def test_a_vocabulary_cap_with_no_room_for_words_is_refused(tmp_path):
     fails(run_main('demo_tie.py', '--max_vocab', '3', '--data_dir', tmp_path),
-          r'--max_vocab 3 leaves no room for words')
+          r'--max_vocab 3 leaves no room for words', status=2)
 
 
 @pytest.mark.parametrize('flags, named', [
