@@ -40,7 +40,7 @@ from lm.optim import epochs_since_best
 from lm.recipes import describe_recipe
 from lm.rng import seed_everything
 from lm.runfiles import MetricsLog, RunFiles, SavePathError, release_locks
-from model import count_parameters, lstm_parameters, tied_size_problem
+from model import count_parameters, lstm_parameters
 
 RULE = '-' * 41
 
@@ -186,46 +186,8 @@ def eval_only(args, device, stop, group):
 
 # ------------------------------------------------------------------ flags and the process
 
-def check_flags(parser, args, given):
-    """Refuse, with argparse's one-line message, flags that cannot go together. On resume
-    the sizes and the optimizer come from the checkpoint (lm.resume.settle_resume); under
-    --finetune the sizes do."""
-    fresh = args.resume is None and args.finetune is None
-    if args.finetune is not None:
-        check_finetune_flags(parser, args)
-    problem = tied_size_problem(args.tied, args.embed_size, args.hidden_size, args.projection)
-    if problem and fresh:
-        parser.error(problem)
-    if args.proj_reg and not args.projection and fresh:
-        parser.error('--proj_reg penalises the matrix of --projection; give --projection too')
-    if args.schedule == 'step' and args.decay_start > args.epochs and args.resume is None:
-        parser.error(f'--decay_start {args.decay_start} is after the last epoch (--epochs '
-                     f'{args.epochs}): the rate would never decay')
-    if args.optimizer != 'adam' and 'lr' not in given and args.resume is None:
-        parser.error(f'--optimizer {args.optimizer} needs an --lr of its own: the default 0.001 '
-                     "is Adam's and far too small for SGD (AWD-LSTM uses --lr 30 --clip 0.25)")
-    if args.schedule == 'cosine' and {'lr_factor', 'lr_patience'} & given and args.resume is None:
-        parser.error('--lr_factor and --lr_patience belong to --schedule plateau; the cosine '
-                     'schedule takes the learning rate from --lr down to 0 over --epochs')
-    if args.schedule == 'step' and 'lr_patience' in given and args.resume is None:
-        parser.error('--lr_patience belongs to --schedule plateau; the step schedule multiplies '
-                     'the rate by --lr_factor at the end of every epoch from --decay_start on')
-    if 'decay_start' in given and args.schedule != 'step' and args.resume is None:
-        parser.error('--decay_start belongs to --schedule step')
-    if 0 < args.max_vocab < len(data.SPECIALS) + 2:
-        parser.error(f'--max_vocab {args.max_vocab} leaves no room for words (the specials and '
-                     '<unk> take 4 places); use 0 for no limit')
-
-
-def check_finetune_flags(parser, args):
-    if args.resume is not None:
-        parser.error('--finetune starts a new run from a trained model and --resume continues '
-                     'a run: a stopped fine-tuning run resumes without --finetune')
-    if args.eval_only:
-        parser.error('--finetune trains; --eval_only evaluates the model at --save_path')
-    if args.init_range is not None:
-        parser.error('--init_range initialises a new model; --finetune starts from the trained '
-                     "model's weights")
+def check_finetune_path(parser, args):
+    """--finetune PATH must not be one of the files the run writes at --save_path."""
     try:
         files = RunFiles.beside(args.save_path)
     except SavePathError:
@@ -255,7 +217,9 @@ def main(argv=None, on_window=None):
     parser = flags.build_parser()
     args = parser.parse_args(argv)
     given = flags.explicit_flags(parser, argv)
-    check_flags(parser, args, given)
+    flags.check_combinations(parser, args, given)
+    if args.finetune is not None:
+        check_finetune_path(parser, args)
     sys.stdout.reconfigure(line_buffering=True)
     escape_what_output_cannot_encode()
     try:

@@ -1,7 +1,8 @@
 """Every flag of the trainer, declared once: its type, default and help, and what becomes of it
 under --resume and --finetune. The parser (`build_parser`), the resume and fine-tune rules
 (lm.resume) and the flags table of docs/training.md (`python -m lm.flags` prints it) are all
-made from FLAGS. Also the value types the other scripts share.
+made from FLAGS. Also the rules between flags (check_combinations), the value types the other
+scripts share, and the flags they share (--checkpoint, the device flags, their --amp).
 
 Each type refuses what would fail later, or silently do nothing: argparse then prints a
 one-line message naming the flag, instead of a traceback hours into a run.
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from data import SPECIALS
 from lm.recipes import RECIPES
-from model import MODEL_REGULARIZERS
+from model import MODEL_REGULARIZERS, tied_size_problem
 
 
 def checked_number(kind, ok, what):
@@ -282,6 +284,50 @@ def add_device_flags(parser, amp=None):
         parser.add_argument('--amp', action='store_true',
                             help=f"{amp} under autocast where the trainer's --amp would "
                                  '(default: float32)')
+
+
+# ------------------------------------------------------------------ the rules between flags
+
+def check_combinations(parser, args, given):
+    """Refuse, with argparse's one-line message, flags that cannot go together. On resume
+    the sizes and the optimizer come from the checkpoint (lm.resume.settle_resume); under
+    --finetune the sizes do."""
+    fresh = args.resume is None and args.finetune is None
+    if args.finetune is not None:
+        check_finetune_combinations(parser, args)
+    problem = tied_size_problem(args.tied, args.embed_size, args.hidden_size, args.projection)
+    if problem and fresh:
+        parser.error(problem)
+    if args.proj_reg and not args.projection and fresh:
+        parser.error('--proj_reg penalises the matrix of --projection; give --projection too')
+    if args.schedule == 'step' and args.decay_start > args.epochs and args.resume is None:
+        parser.error(f'--decay_start {args.decay_start} is after the last epoch (--epochs '
+                     f'{args.epochs}): the rate would never decay')
+    if args.optimizer != 'adam' and 'lr' not in given and args.resume is None:
+        parser.error(f'--optimizer {args.optimizer} needs an --lr of its own: the default 0.001 '
+                     "is Adam's and far too small for SGD (AWD-LSTM uses --lr 30 --clip 0.25)")
+    if args.schedule == 'cosine' and {'lr_factor', 'lr_patience'} & given and args.resume is None:
+        parser.error('--lr_factor and --lr_patience belong to --schedule plateau; the cosine '
+                     'schedule takes the learning rate from --lr down to 0 over --epochs')
+    if args.schedule == 'step' and 'lr_patience' in given and args.resume is None:
+        parser.error('--lr_patience belongs to --schedule plateau; the step schedule multiplies '
+                     'the rate by --lr_factor at the end of every epoch from --decay_start on')
+    if 'decay_start' in given and args.schedule != 'step' and args.resume is None:
+        parser.error('--decay_start belongs to --schedule step')
+    if 0 < args.max_vocab < len(SPECIALS) + 2:
+        parser.error(f'--max_vocab {args.max_vocab} leaves no room for words (the specials and '
+                     '<unk> take 4 places); use 0 for no limit')
+
+
+def check_finetune_combinations(parser, args):
+    if args.resume is not None:
+        parser.error('--finetune starts a new run from a trained model and --resume continues '
+                     'a run: a stopped fine-tuning run resumes without --finetune')
+    if args.eval_only:
+        parser.error('--finetune trains; --eval_only evaluates the model at --save_path')
+    if args.init_range is not None:
+        parser.error('--init_range initialises a new model; --finetune starts from the trained '
+                     "model's weights")
 
 
 def explicit_flags(parser, argv):

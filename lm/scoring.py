@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 import data
 from lm.console import progress
@@ -57,10 +58,8 @@ def score_independent(model, text, autocast_dtype, device, budget=LOGITS_BUDGET)
     with progress(math.ceil(len(order) / per_batch), 'Scoring', hide_below=20) as bar:
         for first in range(0, len(order), per_batch):
             lines = order[first:first + per_batch]
-            longest = max(lengths[i] for i in lines)
-            batch = torch.full((len(lines), longest), data.PAD, dtype=torch.long)
-            for row, i in enumerate(lines):
-                batch[row, :lengths[i]] = text.stream[starts[i]:starts[i] + lengths[i]]
+            batch = pad_sequence([text.stream[starts[i]:starts[i] + lengths[i]] for i in lines],
+                                 batch_first=True, padding_value=data.PAD)
             losses = carried_losses(model, batch.to(device), max(1, budget // (len(lines) * vocab)),
                                     autocast_dtype)
             for row, i in enumerate(lines):
