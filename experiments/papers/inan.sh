@@ -3,15 +3,15 @@
 # (2x200) rows: a 2-layer LSTM with variational dropout (VD), SGD at rate 1, batch 20, 35 steps,
 # with and without their augmented loss (AL) and reused embeddings (RE, --tied).
 #
-#   bash docs/runs/papers/inan.sh grid            # tau and alpha: REAL for 6 epochs each
-#   bash docs/runs/papers/inan.sh held            # grid points with y~ held constant (breaks down)
-#   bash docs/runs/papers/inan.sh rows TAU ALPHA  # VD, VD+RE, VD+REAL, VD+AL, 40 epochs each
-#   bash docs/runs/papers/inan.sh pilot ARM       # their own configuration (below), 10 epochs,
+#   bash experiments/papers/inan.sh grid            # tau and alpha: REAL for 6 epochs each
+#   bash experiments/papers/inan.sh held            # grid points with y~ held constant (breaks down)
+#   bash experiments/papers/inan.sh rows TAU ALPHA  # VD, VD+RE, VD+REAL, VD+AL, 40 epochs each
+#   bash experiments/papers/inan.sh pilot ARM       # their own configuration (below), 10 epochs,
 #                                                 # with their dropout of h(t-1) (ARM recurrent)
 #                                                 # or DropConnect standing in for it (wdrop)
-#   bash docs/runs/papers/inan.sh gamma           # REAL at gamma 0.5, 0.65, 0.8, 6 epochs each
-#   bash docs/runs/papers/inan.sh small GAMMA     # their four small rows, two side by side
-#   bash docs/runs/papers/inan.sh medium GAMMA    # their four medium rows (2x650) on one GPU,
+#   bash experiments/papers/inan.sh gamma           # REAL at gamma 0.5, 0.65, 0.8, 6 epochs each
+#   bash experiments/papers/inan.sh small GAMMA     # their four small rows, two side by side
+#   bash experiments/papers/inan.sh medium GAMMA    # their four medium rows (2x650) on one GPU,
 #                                                 # the four processes side by side
 # DROP (default recurrent) picks the pilot's arm for gamma, small and medium; EPOCHS sets the
 # rows' length (default 40 small, 50 medium: the rate x0.9 a epoch from the 5th, or the 10th,
@@ -25,10 +25,10 @@
 # trainer's mean, and a clip of 5 is --clip 0.143. The rate is Zaremba's medium schedule: x0.8
 # after every epoch from the 6th, so the grid's 6 epochs are a row's first 6, at the full rate.
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-runs/papers}
 mkdir -p "$out"
-. docs/runs/papers/row.sh
+. experiments/papers/row.sh
 VD=(--embed_size 200 --hidden_size 200 --num_layers 2 --variational --dropout 0.5
     --batch_size 20 --seq_length 35 --init_range 0.1 --optimizer sgd --lr 35 --clip 0.143
     --schedule step --decay_start 6 --lr_factor 0.8 --weight_decay 0 --seed 1111)

@@ -1,7 +1,7 @@
 """The lengths of <sos>'s and <eos>'s vectors in a tied model's embedding, beside the median
 word's, and their decoder biases: where the augmented loss with y~ held constant goes wrong.
 
-    python docs/runs/papers/inan_norms.py runs/papers/inan_grid_re.last.pt ...
+    python experiments/papers/inan_norms.py runs/papers/inan_grid_re.last.pt ...
 """
 import sys
 

@@ -11,10 +11,10 @@
 # --lr 20 here and their clip 5 is --clip 0.25. Their penalty, tf.nn.l2_loss(P) / (20 x 6.5)
 # = ||P||^2 / 260 on the summed loss, is ||P||^2 / 5200 on the mean one: --proj_reg 0.000192308.
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-runs/papers}
 mkdir -p "$out"
-. docs/runs/papers/row.sh
+. experiments/papers/row.sh
 SMALL=(--embed_size 200 --hidden_size 200 --num_layers 2 --dropout 0 --batch_size 20
        --seq_length 20 --init_range 0.1 --optimizer sgd --lr 20 --clip 0.25 --schedule step
        --decay_start 5 --lr_factor 0.5 --weight_decay 0 --epochs 13 --seed 1111)

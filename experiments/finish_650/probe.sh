@@ -6,7 +6,7 @@
 #   more    the run itself, continued: a copy of its files, --resume --epochs (its epochs + EPOCHS)
 # From the repository root:
 #
-#     bash docs/runs/finish_650/probe.sh runs/regularized/regularized.pt runs/finish
+#     bash experiments/finish_650/probe.sh runs/regularized/regularized.pt runs/finish
 #
 # Run it again after a stop (SIGTERM saves): each probe resumes where it stopped, finished ones
 # are skipped. Logs: OUT/NAME.log, each ending in "exit STATUS". Extra flags for every run

@@ -1,11 +1,11 @@
 """Print the tied-against-untied table of docs/results.md from the two runs' CSVs:
 
-    python docs/runs/untied_650/table.py
+    python experiments/untied_650/table.py
 """
 import csv
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+RUNS = Path(__file__).resolve().parents[2] / 'docs' / 'runs'  # the runs' logs and CSVs
 
 
 def by_epoch(path):
@@ -13,8 +13,8 @@ def by_epoch(path):
         return {int(row['epoch']): row for row in csv.DictReader(f)}
 
 
-tied = by_epoch(HERE.parent / 'ref40' / 'ref40.csv')
-untied = by_epoch(HERE / 'untied.csv')
+tied = by_epoch(RUNS / 'ref40' / 'ref40.csv')
+untied = by_epoch(RUNS / 'untied_650' / 'untied.csv')
 print('| epoch | tied: validation | without `<sos>` | untied: validation | without `<sos>` |')
 print('| --- | --- | --- | --- | --- |')
 for epoch in sorted(untied):

@@ -3,9 +3,9 @@
 # process spinning on one core, for each thread setting: the figures behind --threads' default.
 # Two passes, the second in the reverse order, since one bench.py run can be 20% off another
 # on a shared virtual machine:
-#   bash docs/runs/contention/contention.sh 1 > docs/runs/contention/pass1.log
-#   bash docs/runs/contention/contention.sh 2 > docs/runs/contention/pass2.log
-cd "$(dirname "$0")/../../.."
+#   bash experiments/contention/contention.sh 1 > docs/runs/contention/pass1.log
+#   bash experiments/contention/contention.sh 2 > docs/runs/contention/pass2.log
+cd "$(dirname "$0")/../.."
 bench() { python bench.py --embed_size 200 --hidden_size 200 --dropout 0.3 --device cpu "$@" 2>&1 |
           grep -E '^(note|train |evaluate )'; }
 settings=('' '--threads 2' '--threads 1' 'PASSIVE')

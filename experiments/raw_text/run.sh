@@ -2,9 +2,9 @@
 # A raw English text (the Lee news corpus that ships with gensim: 300 articles, one a line,
 # punctuation glued to words) trained on as it is and after prepare.py, with the same small
 # model: the share of <unk> and the test perplexity, before and after.
-#   bash docs/runs/raw_text/run.sh > docs/runs/raw_text/run.log 2>&1
+#   bash experiments/raw_text/run.sh > docs/runs/raw_text/run.log 2>&1
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/../.."
 raw=$(python -c 'from gensim.test.utils import datapath; print(datapath("lee_background.cor"))')
 out=${OUT:-runs/raw_text}
 rm -rf "$out"; mkdir -p "$out"

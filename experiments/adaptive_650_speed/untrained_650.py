@@ -2,7 +2,7 @@
 takes does not depend on the weights, so this times --dynamic at the full size before a
 trained 2x650 checkpoint exists. Run from the repository root:
 
-    python docs/runs/adaptive_650_speed/untrained_650.py
+    python experiments/adaptive_650_speed/untrained_650.py
 """
 import sys
 import uuid
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import data
 from lm import flags
 from lm.checkpoint import best_checkpoint

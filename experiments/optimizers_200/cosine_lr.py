@@ -2,13 +2,13 @@
 each window's factor as train_epoch applies it (schedule x window length / 30, from the
 windows --variable_bptt drew for seed 1111), summed over the epoch.
 
-    python docs/runs/optimizers_200/cosine_lr.py      # from the repository's root, PTB installed
+    python experiments/optimizers_200/cosine_lr.py      # from the repository's root, PTB installed
 """
 import math
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', '..'))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 import data
 from lm.optim import window_lr_factors
 

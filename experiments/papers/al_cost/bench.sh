@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The augmented loss's cost in training tokens/s (bench.py, PTB's vocabulary), at Inan's small
 # size and at the reference's: without it, with it (y~ passing the gradient, the default), and
-# with y~ held constant. Alone on the machine; the JSON files and bench.log go beside this file.
+# with y~ held constant. Alone on the machine; the JSON files and bench.log go to
+# docs/runs/papers/al_cost/.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/../../../docs/runs/papers/al_cost"
 bench="python ../../../../bench.py"
 S="--embed_size 200 --hidden_size 200 --seq_length 35 --dropout 0.5 --variational --windows 40 --repeats 5"
 R="--windows 10 --repeats 5"

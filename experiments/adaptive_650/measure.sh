@@ -2,7 +2,7 @@
 # The adaptive-score table for one checkpoint: PTB test read as one stream, static, --cache,
 # --dynamic and both, the values tuned with --tune on valid.txt. From the repository root:
 #
-#     bash docs/runs/adaptive_650/measure.sh runs/regularized/best.pt docs/runs/adaptive_650/regularized
+#     bash experiments/adaptive_650/measure.sh runs/regularized/best.pt docs/runs/adaptive_650/regularized
 #
 # Writes, in the output folder, for each method M: score_M.json (the summary), score_M.log
 # (each grid point, the values kept, the wall time; progress bars dropped). One job at a time:

@@ -3,9 +3,9 @@
 # types (the tiny 2x16 model): reading the data, then 20 s of training windows, then Ctrl-C.
 # With a commit, the same for that commit's code (a git worktree in /tmp).
 #   python -m lm.synth_corpus --tokens 20000000 --vocab 100000 --out runs/synth20m
-#   bash docs/runs/memory/peak.sh [COMMIT] >> docs/runs/memory/peak.log
+#   bash experiments/memory/peak.sh [COMMIT] >> docs/runs/memory/peak.log
 set -u
-root=$(cd "$(dirname "$0")/../../.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 code=$root
 if [ -n "${1:-}" ]; then
   code=/tmp/peak-$1; rm -rf "$code"; git -C "$root" worktree add -f -q "$code" "$1"
