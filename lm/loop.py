@@ -32,8 +32,6 @@ def perplexity(loss):
     return float('inf') if loss >= 700 else math.exp(loss)  # NaN stays NaN
 
 
-
-
 @dataclass(frozen=True)
 class Stepping:
     """How train_epoch takes each step: what stays the same for a whole epoch."""
@@ -120,10 +118,6 @@ def take_step(model, objective, stepping, lr_factor):
             optimizer.step()
     if stepping.weight_average is not None:
         stepping.weight_average.update(model)
-
-
-
-
 
 
 def epoch_loss(losses, windows):
