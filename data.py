@@ -339,7 +339,7 @@ def read_input(path):
     if path == '-':
         if sys.stdin is None:
             raise DataError('standard input is closed; give a file to score, or pipe '
-                                 'text in: echo "some words" | python score.py -')
+                            'text in: echo "some words" | python score.py -')
         return sys.stdin.buffer
     try:
         return open(path, 'rb')

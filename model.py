@@ -246,9 +246,7 @@ MODEL_ARGS = ('vocab_size', 'embed_size', 'hidden_size', 'num_layers', 'dropout'
 def model_args(args, vocab_size):
     """The model's description, as LSTMLanguageModel's arguments. Regularisers appear only
     when set, so a reference model's description is the reference's."""
-    described = {'vocab_size': vocab_size, 'embed_size': args.embed_size,
-                 'hidden_size': args.hidden_size, 'num_layers': args.num_layers,
-                 'dropout': args.dropout, 'tied': args.tied}
+    described = {'vocab_size': vocab_size, **{k: getattr(args, k) for k in MODEL_ARGS[1:]}}
     described.update({k: getattr(args, k) for k, off in MODEL_REGULARIZERS.items()
                       if getattr(args, k, off) != off})
     return described

@@ -177,14 +177,8 @@ def replay_cache(recorded, window, theta, lam, is_scored):
 # --tune's grids: the dynamic evaluation's rate first (at the decay given), then its decay at
 # the best rate, then the cache's (theta, lambda) pairs over that adapting model
 DYNAMIC_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4)
-
-
 DYNAMIC_DECAYS = (0.0, 1e-3, 1e-2)
-
-
 CACHE_THETAS = (0.1, 0.3, 0.6, 1.0)
-
-
 CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
 
 

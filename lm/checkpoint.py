@@ -241,7 +241,7 @@ def best_checkpoint(model, vocab, args, epoch, val_loss, run_id):
 def last_checkpoint(best, *, optimizer, scheduler, scaler, best_val_loss, val_losses,
                     weight_average, rngs, position, window_losses, fingerprint):
     """The best checkpoint's fields (`best`, for the newest weights) and the training state
-    that --resume restores (lm.resume.restore_training). `rngs`: each process's rng_state();
+    that --resume restores (restore_training). `rngs`: each process's rng_state();
     `position`: None at an epoch's end, else {'window', 'losses', 'hidden', 'seconds'} of
     the window to run next, the hidden state laid out as one process's batch."""
     return {**best, 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
@@ -317,7 +317,7 @@ def restore_training(ckpt, path, model, optimizer, scheduler, scaler, n_windows_
     """Load a last checkpoint's training state into the model, optimizer, scheduler and
     scaler. `n_windows_of(epoch)` is the number of an epoch's training windows. A checkpoint
     that loads but does not fit is refused (CheckpointError); the RNG states are restored
-    by lm.resume.restore_random_state."""
+    by restore_random_state."""
     try:
         model.load_state_dict(ckpt['model_state'])
         optimizer.load_state_dict(ckpt['optimizer'])

@@ -315,8 +315,8 @@ def allocation_failure(error):
 def speedups(args, model, forward, device, rows, group):
     """(forward, autocast dtype, GradScaler) for --amp and --compile, with the line that
     says what --amp chose, and a warning where one is unsupported and the default path
-    instead. `forward` is the model, or its
-    DistributedDataParallel wrapper; `rows` this process's batch rows."""
+    instead. `forward` is the model, or its DistributedDataParallel wrapper; `rows` this
+    process's batch rows."""
     speedup = None
     if amp_needs_measuring(device, args.amp) and group.is_main:
         speedup = bfloat16_speedup(matrix_shapes(model, rows * args.seq_length))
