@@ -9,7 +9,9 @@
 #   bash experiments/papers/inan.sh pilot ARM       # their own configuration (below), 10 epochs,
 #                                                 # with their dropout of h(t-1) (ARM recurrent)
 #                                                 # or DropConnect standing in for it (wdrop)
-#   bash experiments/papers/inan.sh gamma           # REAL at gamma 0.5, 0.65, 0.8, 6 epochs each
+#   bash experiments/papers/inan.sh gamma [GAMMA]   # REAL at gamma 0.5, 0.65, 0.8 (or at the one
+#                                                 # named, so that two can run side by side),
+#                                                 # 6 epochs each
 #   bash experiments/papers/inan.sh small GAMMA     # their four small rows, two side by side
 #   bash experiments/papers/inan.sh medium GAMMA    # their four medium rows (2x650) on one GPU,
 #                                                 # the four processes side by side
@@ -65,7 +67,8 @@ side_by_side() {  # run each "name flags..." line of stdin as a row, all at once
 
 case "${1:-}" in
   gamma)
-    for gamma in 0.5 0.65 0.8; do
+    [ $# -le 2 ] || { echo "usage: $0 gamma [GAMMA]" >&2; exit 2; }
+    for gamma in ${2:-0.5 0.65 0.8}; do
       row "inan2_gamma_${gamma}" "${INAN[@]}" "${THEIRS[@]}" "${RE[@]}" --epochs 6 \
           --al_temperature 20 --al_weight "$gamma"
     done ;;
@@ -113,6 +116,6 @@ inan2_medium_vd_al $flags $AL"
     row inan_vd_re "${VD[@]}" --epochs 40 --tied
     row inan_vd_real "${VD[@]}" --epochs 40 --tied "${AL[@]}"
     row inan_vd_al "${VD[@]}" --epochs 40 "${AL[@]}" ;;
-  *) echo "usage: $0 grid | held | rows TAU ALPHA | pilot ARM | gamma | small GAMMA |" \
+  *) echo "usage: $0 grid | held | rows TAU ALPHA | pilot ARM | gamma [GAMMA] | small GAMMA |" \
           "medium GAMMA" >&2; exit 2 ;;
 esac
