@@ -46,6 +46,7 @@ class Objective:
                 self.al_through_target)
         return loss, objective, hidden
 
+
 def cross_entropy(logits, targets, reduction='mean'):
     """The loss of each target (`reduction` 'none'), or their mean: logits (..., vocab) and
     targets (...) of the same leading shape, computed in float32 whatever precision autocast
@@ -84,8 +85,11 @@ def augmented_loss(logits, bias, embedding, targets, tau, through_target=True):
         flat = flat - bias.float()
     log_predicted = F.log_softmax(flat / tau, dim=-1)
     table = embedding if through_target else embedding.detach()
-    # A lookup, not table[targets]: indexing's gradient is summed by atomic adds from several
-    # CPU threads in any order, and runs with AL would not repeat bit for bit.
-    u = F.embedding(targets.reshape(-1), table)
-    log_estimated = F.log_softmax((u @ table.t()).float() / tau, dim=-1)
+    # y~ depends on the target word alone, and a window holds each word about twice (PTB,
+    # 20 x 35): it is computed once per distinct word and looked up for each target. Lookups,
+    # not indexing: indexing's gradient is summed by atomic adds from several CPU threads in
+    # any order, and runs with AL would not repeat bit for bit.
+    words, which = targets.reshape(-1).unique(return_inverse=True)
+    u = F.embedding(words, table)
+    log_estimated = F.embedding(which, F.log_softmax((u @ table.t()).float() / tau, dim=-1))
     return tau * F.kl_div(log_predicted, log_estimated, log_target=True, reduction='batchmean')

@@ -11,9 +11,10 @@ from lm.loss import augmented_loss
 
 def test_the_augmented_loss_and_its_gradient_are_the_formula():
     """tau x mean KL(y~ || y^), whose gradient with respect to the logits is (y^ - y~) / N;
-    by default the gradient reaches the embedding through y~ too, else y~ is a constant."""
+    by default the gradient reaches the embedding through y~ too, else y~ is a constant.
+    More targets than words, so that words repeat, as they do in every window."""
     torch.manual_seed(0)
-    n, vocab, dim, tau = 5, 7, 4, 3.0
+    n, vocab, dim, tau = 12, 7, 4, 3.0
     bias, targets = torch.randn(vocab), torch.randint(0, vocab, (n,))
     logits, embedding = torch.randn(n, vocab), torch.randn(vocab, dim)
 
