@@ -56,15 +56,6 @@ MEDIUM=(--embed_size 650 --hidden_size 650 --num_layers 2 --variational --dropou
         --dropouti 0 --batch_size 20 --seq_length 35 --init_range 0.05 --optimizer sgd
         --lr 35 --clip 0.143 --schedule step --decay_start 10 --lr_factor 0.9
         --weight_decay 0 --seed 1111)
-side_by_side() {  # run each "name flags..." line of stdin as a row, all at once; fail if any does
-  local pids=() status=0 line
-  while read -r line; do
-    eval "row $line" & pids+=($!)
-  done
-  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-  return $status
-}
-
 case "${1:-}" in
   gamma)
     [ $# -le 2 ] || { echo "usage: $0 gamma [GAMMA]" >&2; exit 2; }

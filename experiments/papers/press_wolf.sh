@@ -7,6 +7,11 @@
 # analysis of the untied and tied models. Rerun it to continue: a row with a last checkpoint
 # resumes, a finished one is tested again. Logs and CSVs go to runs/papers/ (or $OUT).
 #
+#   bash experiments/papers/press_wolf.sh                # the four rows, then the similarities
+#   bash experiments/papers/press_wolf.sh seeds SEED...  # WT + PR again at each seed, side by
+#                                                        # side at one thread each, each model
+#                                                        # then tested as they test (below)
+#
 # This trainer minimises the per-token mean loss, 1/20 of their summed one, so their rate 1 is
 # --lr 20 here and their clip 5 is --clip 0.25. Their penalty, tf.nn.l2_loss(P) / (20 x 6.5)
 # = ||P||^2 / 260 on the summed loss, is ||P||^2 / 5200 on the mean one: --proj_reg 0.000192308.
@@ -20,6 +25,20 @@ SMALL=(--embed_size 200 --hidden_size 200 --num_layers 2 --dropout 0 --batch_siz
        --decay_start 5 --lr_factor 0.5 --weight_decay 0 --epochs 13 --seed 1111)
 PR=(--projection --proj_reg 0.000192308)
 
+if [ "${1:-}" = seeds ]; then
+  shift
+  [ $# -ge 1 ] || { echo "usage: $0 seeds SEED..." >&2; exit 2; }
+  for seed in "$@"; do
+    echo "pw_wt_pr_seed$seed ${SMALL[*]} --tied ${PR[*]} --seed $seed"
+  done | THREADS=${THREADS:-1} side_by_side
+  # Their test: the last epoch's model (each row's best was its last) on the test text as one
+  # stream, batch 1.
+  for seed in "$@"; do
+    python score.py --checkpoint "$out/pw_wt_pr_seed$seed.pt" --batch_size 1 \
+        data/penn/test.txt > "$out/pw_wt_pr_seed$seed.test.txt" 2>&1
+  done
+  exit
+fi
 row pw_small "${SMALL[@]}"
 row pw_wt "${SMALL[@]}" --tied
 row pw_pr "${SMALL[@]}" "${PR[@]}"

@@ -14,3 +14,12 @@ row() {
         2> "$out/$name.err"
   fi
 }
+
+side_by_side() {  # run each "name flags..." line of stdin as a row, all at once; fail if any does
+  local pids=() status=0 line
+  while read -r line; do
+    eval "row $line" & pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  return $status
+}
