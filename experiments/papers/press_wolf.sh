@@ -31,10 +31,10 @@ if [ "${1:-}" = seeds ]; then
   for seed in "$@"; do
     echo "pw_wt_pr_seed$seed ${SMALL[*]} --tied ${PR[*]} --seed $seed"
   done | THREADS=${THREADS:-1} side_by_side
-  # Their test: the last epoch's model (each row's best was its last) on the test text as one
-  # stream, batch 1.
+  # Their test: the last epoch's model (the last checkpoint's weights, whichever epoch
+  # validated best) on the test text as one stream, batch 1.
   for seed in "$@"; do
-    python score.py --checkpoint "$out/pw_wt_pr_seed$seed.pt" --batch_size 1 \
+    python score.py --checkpoint "$out/pw_wt_pr_seed$seed.last.pt" --batch_size 1 \
         data/penn/test.txt > "$out/pw_wt_pr_seed$seed.test.txt" 2>&1
   done
   exit

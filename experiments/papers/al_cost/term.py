@@ -22,7 +22,7 @@ targets = data.batchify(corpus.train, 20)[:, 1001:1036].contiguous()
 embedding = torch.nn.Parameter(torch.randn(len(corpus.vocab), 200) * 0.3)
 logits = (torch.randn(20, 35, 200) @ embedding.t()).detach().requires_grad_()
 times = []
-for call in range(11):
+for _ in range(11):
     embedding.grad = logits.grad = None
     start = time.perf_counter()
     augmented_loss(logits, None, embedding, targets, 20.0).backward()
