@@ -145,6 +145,9 @@ def build_parser():
                    help='Enable weight tying')
     p.add_argument('--amp', action='store_true',
                    help='Also time each loop under --amp (taking turns with float32)')
+    p.add_argument('--compile', action='store_true',
+                   help="Also time training with the model under torch.compile, as the "
+                        "trainer's --compile runs it (compiled in the warm-up repeats)")
     p.add_argument('--windows', type=positive_int, default=20, help='Training windows per repeat')
     p.add_argument('--repeats', type=positive_int, default=5)
     p.add_argument('--warmup', type=non_negative_int, default=1,
@@ -200,6 +203,10 @@ def loops_to_time(args, device):
     training = precisions('train', lambda dtype: train_epoch(
         model, batched, windows, replace(stepping, autocast_dtype=dtype,
                                          scaler=amp_scaler if dtype else None)))
+    if args.compile:
+        compiled = torch.compile(model)
+        training['train (compiled)'] = lambda: train_epoch(
+            model, batched, windows, replace(stepping, forward=compiled))
     if args.compare_example:
         baseline = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=True)
         training[EXAMPLE] = lambda: example_train(model, batched, baseline, args.seq_length, 5.0)

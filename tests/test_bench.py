@@ -48,6 +48,21 @@ def test_bench_times_the_model_and_loss_of_a_recipe(tmp_path):
     assert refused.returncode == 2 and '--variational' in refused.stderr
 
 
+def test_bench_times_training_under_torch_compile(tmp_path):
+    """--compile times the trainer's loop with the model under torch.compile beside the eager
+    one; here on the LSTM that steps through time (--dropout_recurrent), whose Python loop
+    over the window is what the compiler has to trace."""
+    out = tmp_path / 'bench.json'
+    proc = run_main('bench.py', '--embed_size', '8', '--hidden_size', '8', '--num_layers', '1',
+                    '--batch_size', '2', '--seq_length', '3', '--windows', '2', '--repeats', '1',
+                    '--warmup', '1', '--gen_words', '2', '--dropout_recurrent', '0.3',
+                    '--compile', '--json', out, '--device', 'cpu')
+    assert proc.returncode == 0, proc.stderr
+    assert 'train (compiled)' in proc.stdout
+    results = json.loads(out.read_text())['results']
+    assert results['train (compiled)']['median'] > 0 and results['train']['median'] > 0
+
+
 def test_bench_checks_its_json_path_before_measuring(tmp_path):
     proc = run_main('bench.py', '--json', tmp_path / 'no' / 'such' / 'dir.json', '--embed_size',
                     '8', '--hidden_size', '8')
