@@ -34,8 +34,10 @@ if [ "${1:-}" = seeds ]; then
   # Their test: the last epoch's model (the last checkpoint's weights, whichever epoch
   # validated best) on the test text as one stream, batch 1.
   for seed in "$@"; do
+    # Its summary (from the "Scored" line on) without the per-line table before it.
     python score.py --checkpoint "$out/pw_wt_pr_seed$seed.last.pt" --batch_size 1 \
-        data/penn/test.txt > "$out/pw_wt_pr_seed$seed.test.txt" 2>&1
+        data/penn/test.txt 2> "$out/pw_wt_pr_seed$seed.test.err" \
+        | sed -n '/^Scored /,$p' > "$out/pw_wt_pr_seed$seed.test.txt"
   done
   exit
 fi
