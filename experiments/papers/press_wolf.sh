@@ -11,6 +11,8 @@
 #   bash experiments/papers/press_wolf.sh seeds SEED...  # WT + PR again at each seed, side by
 #                                                        # side at one thread each, each model
 #                                                        # then tested as they test (below)
+#   bash experiments/papers/press_wolf.sh stream         # WT + PR on PTB as their reader sees
+#                                                        # it: no <sos> (below)
 #
 # This trainer minimises the per-token mean loss, 1/20 of their summed one, so their rate 1 is
 # --lr 20 here and their clip 5 is --clip 0.25. Their penalty, tf.nn.l2_loss(P) / (20 x 6.5)
@@ -39,6 +41,20 @@ if [ "${1:-}" = seeds ]; then
         data/penn/test.txt 2> "$out/pw_wt_pr_seed$seed.test.err" \
         | sed -n '/^Scored /,$p' > "$out/pw_wt_pr_seed$seed.test.txt"
   done
+  exit
+fi
+if [ "${1:-}" = stream ]; then
+  # Their reader turns each split into one stream, "w1 .. wn <eos> w1 ..", where ours reads
+  # "<sos> w1 .. wn <eos> <sos> w1 ..". Each split as one line, with a plain word _eos_ ending
+  # each sentence but the last (whose end is the <eos> our reader adds), is their stream after
+  # a single <sos>: the same targets, in the same number.
+  penn=$out/penn_stream
+  mkdir -p "$penn"
+  for split in train valid test; do
+    awk 'NR > 1 { printf " _eos_" } { printf "%s", $0 } END { print "" }' \
+        "data/penn/$split.txt" > "$penn/$split.txt"
+  done
+  THREADS=${THREADS:-1} row pw_wt_pr_stream "${SMALL[@]}" --tied "${PR[@]}" --data_dir "$penn"
   exit
 fi
 row pw_small "${SMALL[@]}"
