@@ -1,13 +1,15 @@
 # row NAME FLAGS...: one run of the papers' experiments, started, or continued where its last
-# checkpoint is (a finished one is tested again). Its log and CSV go to $out (set by the script
-# that sources this file), its progress bars to NAME.err beside them. THREADS, where set, is
-# --threads for every run (the same count keeps a resumed run bit-identical).
+# checkpoint is (a finished one is tested again). A resume is given the same FLAGS, so that the
+# script's flags rule: one edited since the start (--epochs, say) applies from there on and the
+# log says so, one that defines the model is refused. Its log and CSV go to $out (set by the
+# script that sources this file), its progress bars to NAME.err beside them. THREADS, where
+# set, is --threads for every run (the same count keeps a resumed run bit-identical).
 row() {
   local name=$1; shift
   local save=$out/$name.pt
   local threads=(${THREADS:+--threads "$THREADS"})
   if [ -f "$out/$name.last.pt" ]; then
-    python demo_tie.py --save_path "$save" --resume "${threads[@]}" >> "$out/$name.log" \
+    python demo_tie.py "$@" "${threads[@]}" --save_path "$save" --resume >> "$out/$name.log" \
         2> "$out/$name.err"
   else
     python demo_tie.py "$@" "${threads[@]}" --save_path "$save" >> "$out/$name.log" \
