@@ -8,13 +8,10 @@ row() {
   local name=$1; shift
   local save=$out/$name.pt
   local threads=(${THREADS:+--threads "$THREADS"})
-  if [ -f "$out/$name.last.pt" ]; then
-    python demo_tie.py "$@" "${threads[@]}" --save_path "$save" --resume >> "$out/$name.log" \
-        2> "$out/$name.err"
-  else
-    python demo_tie.py "$@" "${threads[@]}" --save_path "$save" >> "$out/$name.log" \
-        2> "$out/$name.err"
-  fi
+  local resume=()
+  [ -f "$out/$name.last.pt" ] && resume=(--resume)
+  python demo_tie.py "$@" "${threads[@]}" --save_path "$save" "${resume[@]}" \
+      >> "$out/$name.log" 2> "$out/$name.err"
 }
 
 side_by_side() {  # run each "name flags..." line of stdin as a row, all at once; fail if any does
